@@ -1,0 +1,227 @@
+//! Vocabulary of iommu-server: devices, I/O address spaces (IOAS), attachments, shared
+//! virtual addressing and fault queues, in the object model of Linux's iommufd.
+//!
+//! A client calls through an endpoint whose badge names it (and, for a device capability,
+//! the device). Memory is never named by physical address: a client grants a memory
+//! capability and refers to it by the index the server gave it ([`MemoryRef`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::pasid::Pasid;
+use crate::wire::Request;
+
+/// First label of iommu-server's label range.
+pub const IOMMU_LABEL_BASE: u16 = 0x0200;
+
+/// An opened device (handle local to the client that opened it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeviceId(pub u32);
+
+/// An I/O address space: a page table, not tied to a requester ID (or RID+PASID) until a
+/// device is attached to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IoasId(pub u32);
+
+/// A fault queue owned by a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FaultQueueId(pub u32);
+
+/// Which IOMMU translates a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IommuKind {
+    Smmuv3,
+    Vtd,
+}
+
+/// What a device and the IOMMU in front of it support, so a client can ask before binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub iommu: IommuKind,
+    /// Width of the PASIDs this device can use (0: no PASID support).
+    pub pasid_bits: u8,
+    /// Page Request Interface (I/O page faults answered by page responses).
+    pub pri: bool,
+    /// Address Translation Services (a device TLB).
+    pub ats: bool,
+    /// Stalled transactions resumed by a response (Arm stall model).
+    pub stall: bool,
+    /// Width of the I/O virtual addresses the IOAS of this device can use.
+    pub iova_bits: u8,
+    /// Bitmap of supported page sizes (bit n set: 2^n bytes).
+    pub page_sizes: u64,
+}
+
+/// Access a mapping grants to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Perm(pub u8);
+
+impl Perm {
+    pub const READ: Perm = Perm(1 << 0);
+    pub const WRITE: Perm = Perm(1 << 1);
+    /// Privileged (supervisor) access only, where the hardware distinguishes it.
+    pub const PRIVILEGED: Perm = Perm(1 << 2);
+    /// Instruction fetch allowed, where the hardware distinguishes it.
+    pub const EXEC: Perm = Perm(1 << 3);
+    pub const RW: Perm = Perm(Self::READ.0 | Self::WRITE.0);
+    const ALL: u8 = 0xf;
+
+    /// Whether every bit of `other` is set in `self`.
+    pub const fn contains(self, other: Perm) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether only defined bits are set and the mapping allows any access at all.
+    pub const fn is_valid(self) -> bool {
+        self.0 & !Self::ALL == 0 && self.0 & Self::RW.0 != 0
+    }
+}
+
+impl core::ops::BitOr for Perm {
+    type Output = Perm;
+    fn bitor(self, rhs: Perm) -> Perm {
+        Perm(self.0 | rhs.0)
+    }
+}
+
+/// Where a mapping goes in the IOAS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IovaPlacement {
+    /// Exactly here; overlapping an existing mapping is [`crate::Error::Exists`].
+    Fixed(u64),
+    /// Anywhere free, aligned to `align` bytes (a power of two, at least the page size).
+    Anywhere { align: u64 },
+}
+
+/// Memory the client granted to the server, named by the index the server gave it, and a
+/// byte offset into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryRef {
+    pub region: u32,
+    pub offset: u64,
+}
+
+/// An address space (a client's virtual memory) granted for shared virtual addressing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressSpaceRef(pub u32);
+
+/// Outcome of a page request, carried back to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageResponseCode {
+    /// The page is now mapped: retry the access.
+    Success,
+    /// The request is invalid: the device must not retry.
+    Invalid,
+    /// Unrecoverable failure: the device stops issuing page requests.
+    Failure,
+}
+
+/// Requests to iommu-server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IommuRequest {
+    /// Open the device named by the called capability's badge. A device has one owner at
+    /// a time: a second open is `Busy`. Reply: [`IommuReply::DeviceOpened`].
+    OpenDevice,
+    /// Close a device (it must be detached). Reply: [`IommuReply::Done`].
+    CloseDevice { device: DeviceId },
+    /// Reply: [`IommuReply::Info`].
+    QueryDevice { device: DeviceId },
+    /// Reply: [`IommuReply::IoasAllocated`].
+    AllocIoas,
+    /// Destroy an IOAS that no device is attached to (else `Busy`). Reply: `Done`.
+    DestroyIoas { ioas: IoasId },
+    /// Map `length` bytes of granted memory. Reply: [`IommuReply::Mapped`].
+    Map {
+        ioas: IoasId,
+        iova: IovaPlacement,
+        length: u64,
+        memory: MemoryRef,
+        perm: Perm,
+    },
+    /// Unmap a range; the reply is sent only after the IOTLB (and device TLB)
+    /// invalidation completed. Reply: [`IommuReply::Unmapped`].
+    Unmap {
+        ioas: IoasId,
+        iova: u64,
+        length: u64,
+    },
+    /// Route the device's DMA (tagged with `pasid`, or untagged) through `ioas`.
+    /// Reply: `Done`.
+    Attach {
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        ioas: IoasId,
+    },
+    /// Reply: `Done`.
+    Detach {
+        device: DeviceId,
+        pasid: Option<Pasid>,
+    },
+    /// Bind the device to a granted address space (shared virtual addressing). Binding the
+    /// same pair again takes another reference. Reply: [`IommuReply::Bound`].
+    SvaBind {
+        device: DeviceId,
+        space: AddressSpaceRef,
+    },
+    /// Drop one bind reference. Reply: `Done`.
+    SvaUnbind { device: DeviceId, pasid: Pasid },
+    /// Create a fault queue for the device's faults and page requests, in the granted
+    /// ring memory (see [`crate::records::RingHeader`]). Reply:
+    /// [`IommuReply::FaultQueueAllocated`].
+    AllocFaultQueue {
+        device: DeviceId,
+        ring: MemoryRef,
+        depth: u32,
+    },
+    /// Reply: `Done`.
+    FreeFaultQueue { queue: FaultQueueId },
+    /// Answer a page request delivered on `queue` with the request's cookie.
+    /// Reply: `Done`.
+    PageResponse {
+        queue: FaultQueueId,
+        cookie: u64,
+        code: PageResponseCode,
+    },
+}
+
+impl IommuRequest {
+    const COUNT: u16 = 14;
+}
+
+impl Request for IommuRequest {
+    fn label(&self) -> u16 {
+        IOMMU_LABEL_BASE
+            + match self {
+                IommuRequest::OpenDevice => 0,
+                IommuRequest::CloseDevice { .. } => 1,
+                IommuRequest::QueryDevice { .. } => 2,
+                IommuRequest::AllocIoas => 3,
+                IommuRequest::DestroyIoas { .. } => 4,
+                IommuRequest::Map { .. } => 5,
+                IommuRequest::Unmap { .. } => 6,
+                IommuRequest::Attach { .. } => 7,
+                IommuRequest::Detach { .. } => 8,
+                IommuRequest::SvaBind { .. } => 9,
+                IommuRequest::SvaUnbind { .. } => 10,
+                IommuRequest::AllocFaultQueue { .. } => 11,
+                IommuRequest::FreeFaultQueue { .. } => 12,
+                IommuRequest::PageResponse { .. } => 13,
+            }
+    }
+
+    fn is_known_label(label: u16) -> bool {
+        (IOMMU_LABEL_BASE..IOMMU_LABEL_BASE + Self::COUNT).contains(&label)
+    }
+}
+
+/// Replies of iommu-server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IommuReply {
+    DeviceOpened { device: DeviceId, info: DeviceInfo },
+    Info(DeviceInfo),
+    IoasAllocated { ioas: IoasId },
+    Mapped { iova: u64 },
+    Unmapped { length: u64 },
+    Bound { pasid: Pasid },
+    FaultQueueAllocated { queue: FaultQueueId },
+    Done,
+}

@@ -1,0 +1,213 @@
+//! Bootable QEMU images: how each is built and run, and how its output is judged.
+//!
+//! An image prints one line per scenario, `PASS <name>` or `FAIL <name>: <reason>`, then
+//! `<N> passed, <M> failed`, and ends QEMU with an exit status. A run succeeds only if
+//! QEMU exits with success before the timeout and the printed lines agree: at least one
+//! PASS, no FAIL, and a closing line that counts them.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::util::{self, root, Fail};
+
+pub struct Image {
+    pub name: &'static str,
+    /// Shown by `cargo xtask demo`.
+    pub demo: bool,
+    /// Longest a run may take.
+    pub timeout: Duration,
+    /// Builds the image; returns the QEMU command line (program and arguments) without the
+    /// extra arguments given after `--`.
+    pub build: fn() -> Result<Vec<String>, Fail>,
+}
+
+/// Every image, in the order `cargo xtask test` runs them.
+pub fn all() -> &'static [Image] {
+    &[]
+}
+
+pub fn names() -> Vec<&'static str> {
+    let names: Vec<&str> = all().iter().map(|i| i.name).collect();
+    if names.is_empty() {
+        vec!["(none yet)"]
+    } else {
+        names
+    }
+}
+
+pub fn find(name: &str) -> Option<&'static Image> {
+    all().iter().find(|i| i.name == name)
+}
+
+/// What an image printed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    /// The closing line's counts.
+    pub closing: Option<(usize, usize)>,
+}
+
+impl Summary {
+    pub fn read_line(&mut self, line: &str) {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if let Some(name) = line.strip_prefix("PASS ") {
+            self.passed.push(name.to_string());
+        } else if let Some(rest) = line.strip_prefix("FAIL ") {
+            self.failed.push(rest.to_string());
+        } else if let Some(counts) = parse_closing(line) {
+            self.closing = Some(counts);
+        }
+    }
+
+    /// Why the output does not show a clean run, if it does not.
+    pub fn verdict(&self) -> Result<(), String> {
+        if !self.failed.is_empty() {
+            return Err(format!(
+                "{} scenario(s) failed: {}",
+                self.failed.len(),
+                self.failed.join("; ")
+            ));
+        }
+        match self.closing {
+            None => Err("no closing `<N> passed, <M> failed` line".into()),
+            Some((_, f)) if f != 0 => Err(format!("closing line reports {f} failed")),
+            Some((0, _)) => Err("no scenario ran".into()),
+            Some((p, _)) if p != self.passed.len() => Err(format!(
+                "closing line says {p} passed but {} PASS lines were printed",
+                self.passed.len()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+fn parse_closing(line: &str) -> Option<(usize, usize)> {
+    let (p, f) = line.trim().split_once(" passed, ")?;
+    let f = f.strip_suffix(" failed")?;
+    Some((p.parse().ok()?, f.parse().ok()?))
+}
+
+/// Builds and runs `image` with `extra` QEMU arguments, echoing its output.
+pub fn run(image: &Image, extra: &[String]) -> Result<Summary, Fail> {
+    let mut argv = (image.build)()?;
+    argv.extend(extra.iter().cloned());
+    println!("==> {}: {}", image.name, argv.join(" "));
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Fail(format!("cannot start {}: {e}", argv[0])))?;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            println!("{line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| Fail(e.to_string()))? {
+            break Some(status);
+        }
+        if start.elapsed() > image.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = reader.join();
+    let mut summary = Summary::default();
+    for line in rx.try_iter() {
+        summary.read_line(&line);
+    }
+    let Some(status) = status else {
+        return Err(Fail(format!(
+            "{} did not finish within {:?} (timeout = failure)",
+            image.name, image.timeout
+        )));
+    };
+    summary
+        .verdict()
+        .map_err(|why| Fail(format!("{}: {why}", image.name)))?;
+    if !status.success() {
+        return Err(Fail(format!("{}: QEMU exited with {status}", image.name)));
+    }
+    println!(
+        "==> {}: {} passed in {:.1} s",
+        image.name,
+        summary.passed.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(summary)
+}
+
+/// Builds a bare-metal crate under `images/` for `target`; returns the ELF's path.
+#[allow(dead_code, reason = "used by the image table as images are added")]
+pub fn build_bare_metal(dir: &str, bin: &str, target: &str) -> Result<PathBuf, Fail> {
+    let manifest = root().join("images").join(dir).join("Cargo.toml");
+    util::run(
+        Command::new("cargo")
+            .current_dir(root().join("images").join(dir))
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                target,
+                "--manifest-path",
+            ])
+            .arg(&manifest),
+    )?;
+    Ok(root()
+        .join("images")
+        .join(dir)
+        .join("target")
+        .join(target)
+        .join("release")
+        .join(bin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(lines: &str) -> Summary {
+        let mut s = Summary::default();
+        lines.lines().for_each(|l| s.read_line(l));
+        s
+    }
+
+    #[test]
+    fn clean_runs_pass_and_anything_else_fails() {
+        assert_eq!(
+            summary("boot\nPASS a\nPASS b\n2 passed, 0 failed\n").verdict(),
+            Ok(())
+        );
+        assert!(summary("PASS a\nFAIL b: no fault\n1 passed, 1 failed")
+            .verdict()
+            .is_err());
+        assert!(summary("PASS a\n").verdict().is_err(), "no closing line");
+        assert!(
+            summary("0 passed, 0 failed").verdict().is_err(),
+            "nothing ran"
+        );
+        assert!(
+            summary("PASS a\n2 passed, 0 failed").verdict().is_err(),
+            "count mismatch"
+        );
+        assert!(summary("PASS a\n1 passed, 1 failed").verdict().is_err());
+        assert_eq!(parse_closing("12 passed, 3 failed"), Some((12, 3)));
+        assert_eq!(parse_closing("passed, failed"), None);
+    }
+}
