@@ -11,7 +11,8 @@
 //! - runs the image on `SP_EL0` (`SPSel = 0`) while exceptions run on
 //!   `SP_EL1`, a separate stack: a stack overflow into the unmapped guard page
 //!   still gets reported,
-//! - zeroes `.bss`, then calls `rust_main(x0)` with the `x0` value QEMU left.
+//! - zeroes `.bss`, then calls `rust_main(x0, entry_el)` with the `x0` value
+//!   QEMU left and the exception level the image was entered at.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -27,17 +28,17 @@ global_asm!(
     .global _start
 _start:
     mov     x19, x0
+    mrs     x20, CurrentEL
+    lsr     x20, x20, #2
 
     /* Only the CPU with affinity 0.0.0 runs the image. */
     mrs     x1, mpidr_el1
     and     x1, x1, #0xffffff
     cbnz    x1, .Lpark
 
-    mrs     x1, CurrentEL
-    lsr     x1, x1, #2
-    cmp     x1, #2
+    cmp     x20, #2
     b.eq    .Lfrom_el2
-    cmp     x1, #1
+    cmp     x20, #1
     b.eq    .Lel1
     b       .Lunsupported_el
 
@@ -88,6 +89,7 @@ _start:
     b       1b
 2:
     mov     x0, x19
+    mov     x1, x20
     bl      rust_main
     /* rust_main never returns; fall into the failure exit if it did. */
     b       .Lexit_failure
@@ -191,7 +193,15 @@ static EXCEPTION_DEPTH: AtomicUsize = AtomicUsize::new(0);
 
 /// Reports an unexpected exception and ends the run with [`EXIT_EXCEPTION`].
 #[no_mangle]
-extern "C" fn rust_exception(kind: u64, esr: u64, elr: u64, far: u64, spsr: u64, lr: u64, sp_el0: u64) -> ! {
+extern "C" fn rust_exception(
+    kind: u64,
+    esr: u64,
+    elr: u64,
+    far: u64,
+    spsr: u64,
+    lr: u64,
+    sp_el0: u64,
+) -> ! {
     // Plain load and store: the MMU may still be off, where exclusive
     // accesses to Device memory are not guaranteed to work.
     let depth = EXCEPTION_DEPTH.load(Ordering::Relaxed);
@@ -220,7 +230,11 @@ extern "C" fn rust_exception(kind: u64, esr: u64, elr: u64, far: u64, spsr: u64,
     );
     if matches!(ec, 0x20 | 0x21 | 0x24 | 0x25) {
         let fsc = esr & 0x3f;
-        let access = if ec >= 0x24 && esr & (1 << 6) != 0 { "write" } else { "read" };
+        let access = if ec >= 0x24 && esr & (1 << 6) != 0 {
+            "write"
+        } else {
+            "read"
+        };
         crate::println!(
             "  fault status 0x{fsc:02x}: {} at level {}, {access}",
             fault_status_name(fsc),

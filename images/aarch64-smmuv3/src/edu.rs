@@ -8,8 +8,11 @@
 //!   bit 2 raise an interrupt when done (not used: completion is polled).
 //!
 //! The device's side of a DMA is its internal 4 KiB buffer at device address
-//! 0x40000..0x41000; QEMU aborts on ranges outside it, so they are refused
-//! here.  The other side is a bus address: a physical address while the
+//! 0x40000..0x41000; QEMU aborts (`hw_error`) on ranges outside it, so they
+//! are refused here.  QEMU before 8.0 (QEMU issue #1254, fixed by "hw: misc:
+//! edu: fix 2 off-by-one errors") also aborts on a range that ends exactly
+//! at the end of the buffer, so the last byte is never used: a transfer is at
+//! most [`MAX_TRANSFER`] bytes and ends at or before [`BUFFER_USABLE_END`].  The other side is a bus address: a physical address while the
 //! IOMMU lets DMA bypass, an I/O virtual address once it translates.  The
 //! device masks bus addresses with its `dma_mask` property (28 bits by
 //! default), so on Arm, where RAM starts at 1 GiB, QEMU must be given
@@ -29,6 +32,11 @@ pub const DEVICE_ID: u16 = 0x11e8;
 pub const BUFFER_ADDR: u64 = 0x40000;
 /// Size of the internal DMA buffer.
 pub const BUFFER_SIZE: u64 = 0x1000;
+/// End (exclusive) of the device-side range a transfer may use: one byte
+/// short of the buffer end, for QEMU < 8.0.
+pub const BUFFER_USABLE_END: u64 = BUFFER_ADDR + BUFFER_SIZE - 1;
+/// Longest transfer QEMU accepts.
+pub const MAX_TRANSFER: u64 = BUFFER_USABLE_END - BUFFER_ADDR;
 /// Size of BAR0.
 pub const BAR0_SIZE: u64 = 1 << 20;
 /// Default completion timeout: ten times the device's 100 ms DMA timer.
@@ -66,8 +74,7 @@ impl fmt::Display for EduError {
         match self {
             Self::OutsideBuffer { addr, len } => write!(
                 f,
-                "edu range 0x{addr:x}+0x{len:x} is outside its buffer 0x{BUFFER_ADDR:x}..0x{:x}",
-                BUFFER_ADDR + BUFFER_SIZE
+                "edu range 0x{addr:x}+0x{len:x} is outside its usable buffer 0x{BUFFER_ADDR:x}..0x{BUFFER_USABLE_END:x}"
             ),
             Self::Empty => write!(f, "zero-length DMA"),
             Self::Busy => write!(f, "a DMA transfer is already running"),
@@ -116,15 +123,26 @@ impl Edu {
         let inside = edu_addr >= BUFFER_ADDR
             && edu_addr
                 .checked_add(len)
-                .is_some_and(|end| end <= BUFFER_ADDR + BUFFER_SIZE);
+                .is_some_and(|end| end <= BUFFER_USABLE_END);
         if inside {
             Ok(())
         } else {
-            Err(EduError::OutsideBuffer { addr: edu_addr, len })
+            Err(EduError::OutsideBuffer {
+                addr: edu_addr,
+                len,
+            })
         }
     }
 
-    fn run(&self, clock: &Clock, src: u64, dst: u64, len: u64, cmd: u64, timeout_us: u64) -> Result<(), EduError> {
+    fn run(
+        &self,
+        clock: &Clock,
+        src: u64,
+        dst: u64,
+        len: u64,
+        cmd: u64,
+        timeout_us: u64,
+    ) -> Result<(), EduError> {
         if self.dma_busy() {
             return Err(EduError::Busy);
         }

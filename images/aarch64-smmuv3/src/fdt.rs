@@ -59,7 +59,9 @@ impl fmt::Display for FdtError {
             Self::BadMagic(m) => write!(f, "bad magic 0x{m:08x}"),
             Self::UnsupportedVersion(v) => write!(f, "unsupported version {v}"),
             Self::BadHeader(what) => write!(f, "bad header field {what}"),
-            Self::BadToken { offset, token } => write!(f, "bad token 0x{token:x} at structure offset 0x{offset:x}"),
+            Self::BadToken { offset, token } => {
+                write!(f, "bad token 0x{token:x} at structure offset 0x{offset:x}")
+            }
             Self::UnexpectedEnd => write!(f, "structure block ends unexpectedly"),
             Self::BadName => write!(f, "unterminated name"),
             Self::TooDeep => write!(f, "nodes nest deeper than {MAX_DEPTH}"),
@@ -150,7 +152,9 @@ impl<'a> Fdt<'a> {
         let size_dt_strings = field(8)?;
         let size_dt_struct = field(9)?;
         if version < 16 || last_comp_version > 17 {
-            return Err(FdtError::UnsupportedVersion(u32::try_from(version).unwrap_or(u32::MAX)));
+            return Err(FdtError::UnsupportedVersion(
+                u32::try_from(version).unwrap_or(u32::MAX),
+            ));
         }
         let region = |off: usize, size: usize, what: &'static str| -> Result<&'a [u8]> {
             let end = off.checked_add(size).ok_or(FdtError::BadHeader(what))?;
@@ -181,14 +185,17 @@ impl<'a> Fdt<'a> {
     pub fn for_each_reservation(&self, mut f: impl FnMut(u64, u64)) -> Result<()> {
         let mut pos = self.rsvmap_offset;
         loop {
-            let addr = be64_at(self.blob, pos).map_err(|_| FdtError::BadHeader("memory reservation block"))?;
+            let addr = be64_at(self.blob, pos)
+                .map_err(|_| FdtError::BadHeader("memory reservation block"))?;
             let size = be64_at(self.blob, pos.saturating_add(8))
                 .map_err(|_| FdtError::BadHeader("memory reservation block"))?;
             if addr == 0 && size == 0 {
                 return Ok(());
             }
             f(addr, size);
-            pos = pos.checked_add(16).ok_or(FdtError::BadHeader("memory reservation block"))?;
+            pos = pos
+                .checked_add(16)
+                .ok_or(FdtError::BadHeader("memory reservation block"))?;
         }
     }
 
@@ -233,7 +240,11 @@ impl<'a> Fdt<'a> {
     }
 
     /// Visits every enabled node compatible with `compatible`.
-    pub fn for_each_compatible(&self, compatible: &str, mut f: impl FnMut(Node<'a>) -> Result<()>) -> Result<()> {
+    pub fn for_each_compatible(
+        &self,
+        compatible: &str,
+        mut f: impl FnMut(Node<'a>) -> Result<()>,
+    ) -> Result<()> {
         let mut it = self.nodes();
         while let Some(node) = it.next_node()? {
             if node.is_compatible(compatible)? && node.is_enabled()? {
@@ -314,7 +325,10 @@ impl<'a> Property<'a> {
 
     /// The value as a NUL-terminated UTF-8 string.
     pub fn as_str(&self) -> Result<&'a str> {
-        let (last, body) = self.value.split_last().ok_or(FdtError::BadProperty("empty string"))?;
+        let (last, body) = self
+            .value
+            .split_last()
+            .ok_or(FdtError::BadProperty("empty string"))?;
         if *last != 0 {
             return Err(FdtError::BadProperty("string not NUL-terminated"));
         }
@@ -333,7 +347,10 @@ impl<'a> Property<'a> {
         if self.value.len() % 4 != 0 {
             return Err(FdtError::BadProperty("length not a multiple of 4"));
         }
-        Ok(Cells { value: self.value, pos: 0 })
+        Ok(Cells {
+            value: self.value,
+            pos: 0,
+        })
     }
 }
 
@@ -351,7 +368,8 @@ impl Cells<'_> {
 
     /// Reads one cell.
     pub fn next_u32(&mut self) -> Result<u32> {
-        let v = be32_at(self.value, self.pos).map_err(|_| FdtError::BadProperty("too few cells"))?;
+        let v =
+            be32_at(self.value, self.pos).map_err(|_| FdtError::BadProperty("too few cells"))?;
         self.pos = self.pos.saturating_add(4);
         Ok(v)
     }
@@ -508,8 +526,14 @@ fn read_property<'a>(fdt: &Fdt<'a>, pos: usize) -> Result<PropStep<'a>> {
     let token = fdt.token(pos)?;
     match token {
         FDT_PROP => {
-            let len = be32_at(fdt.structs, pos.checked_add(4).ok_or(FdtError::UnexpectedEnd)?)?;
-            let nameoff = be32_at(fdt.structs, pos.checked_add(8).ok_or(FdtError::UnexpectedEnd)?)?;
+            let len = be32_at(
+                fdt.structs,
+                pos.checked_add(4).ok_or(FdtError::UnexpectedEnd)?,
+            )?;
+            let nameoff = be32_at(
+                fdt.structs,
+                pos.checked_add(8).ok_or(FdtError::UnexpectedEnd)?,
+            )?;
             let len = usize::try_from(len).map_err(|_| FdtError::UnexpectedEnd)?;
             let start = pos.checked_add(12).ok_or(FdtError::UnexpectedEnd)?;
             let end = start.checked_add(len).ok_or(FdtError::UnexpectedEnd)?;
@@ -517,7 +541,9 @@ fn read_property<'a>(fdt: &Fdt<'a>, pos: usize) -> Result<PropStep<'a>> {
             let name = fdt.string_at(nameoff)?;
             Ok(PropStep::Prop(Property { name, value }, align4(end)?))
         }
-        FDT_NOP => Ok(PropStep::Nop(pos.checked_add(4).ok_or(FdtError::UnexpectedEnd)?)),
+        FDT_NOP => Ok(PropStep::Nop(
+            pos.checked_add(4).ok_or(FdtError::UnexpectedEnd)?,
+        )),
         FDT_BEGIN_NODE | FDT_END_NODE | FDT_END => Ok(PropStep::End),
         token => Err(FdtError::BadToken { offset: pos, token }),
     }
@@ -580,7 +606,10 @@ impl<'a> NodeIter<'a> {
         // Only one root node.
         if self.depth == 0 {
             if self.root_seen {
-                return Err(FdtError::BadToken { offset: pos, token: FDT_BEGIN_NODE });
+                return Err(FdtError::BadToken {
+                    offset: pos,
+                    token: FDT_BEGIN_NODE,
+                });
             }
             self.root_seen = true;
         }
@@ -598,7 +627,8 @@ impl<'a> NodeIter<'a> {
             size_cells: 1,
             interrupt_parent: parent.interrupt_parent,
         };
-        let (mut address_cells, mut size_cells, mut interrupt_parent) = (2, 1, parent.interrupt_parent);
+        let (mut address_cells, mut size_cells, mut interrupt_parent) =
+            (2, 1, parent.interrupt_parent);
         node.for_each_property(|p| {
             match p.name {
                 b"#address-cells" => address_cells = p.as_u32()?,

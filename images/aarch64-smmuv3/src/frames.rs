@@ -45,7 +45,11 @@ pub struct OutOfMemory {
 
 impl fmt::Display for OutOfMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "out of memory allocating 0x{:x} bytes aligned to 0x{:x}", self.size, self.align)
+        write!(
+            f,
+            "out of memory allocating 0x{:x} bytes aligned to 0x{:x}",
+            self.size, self.align
+        )
     }
 }
 
@@ -81,10 +85,16 @@ impl FrameAllocator {
                         continue;
                     }
                     if hole.start > p.start {
-                        next.push(PhysRange { start: p.start, end: hole.start });
+                        next.push(PhysRange {
+                            start: p.start,
+                            end: hole.start,
+                        });
                     }
                     if hole.end < p.end {
-                        next.push(PhysRange { start: hole.end, end: p.end });
+                        next.push(PhysRange {
+                            start: hole.end,
+                            end: p.end,
+                        });
                     }
                 }
                 pieces = next;
@@ -116,9 +126,15 @@ impl FrameAllocator {
         let align = align.max(PAGE_SIZE);
         let size = size.checked_next_multiple_of(PAGE_SIZE).ok_or(err)?;
         for i in 0..self.free.len() {
-            let Some(range) = self.free.get(i).copied() else { break };
-            let Some(start) = range.start.checked_next_multiple_of(align) else { continue };
-            let Some(end) = start.checked_add(size) else { continue };
+            let Some(range) = self.free.get(i).copied() else {
+                break;
+            };
+            let Some(start) = range.start.checked_next_multiple_of(align) else {
+                continue;
+            };
+            let Some(end) = start.checked_add(size) else {
+                continue;
+            };
             if end > range.end {
                 continue;
             }
@@ -127,7 +143,13 @@ impl FrameAllocator {
                 slot.start = end;
             }
             if start > range.start {
-                self.free.insert(i, PhysRange { start: range.start, end: start });
+                self.free.insert(
+                    i,
+                    PhysRange {
+                        start: range.start,
+                        end: start,
+                    },
+                );
             }
             self.free.retain(|r| !r.is_empty());
             self.allocated += size;

@@ -76,7 +76,9 @@ impl Mmio {
         let v: u32;
         // SAFETY: `addr` is inside the register region (checked above) that
         // the constructor's contract guarantees is mapped Device memory.
-        unsafe { asm!("ldrb {v:w}, [{a}]", v = out(reg) v, a = in(reg) addr, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("ldrb {v:w}, [{a}]", v = out(reg) v, a = in(reg) addr, options(nostack, preserves_flags))
+        };
         v as u8
     }
 
@@ -85,7 +87,9 @@ impl Mmio {
         let addr = self.addr(offset, 2);
         let v: u32;
         // SAFETY: as in `read8`; the address is 2-byte aligned.
-        unsafe { asm!("ldrh {v:w}, [{a}]", v = out(reg) v, a = in(reg) addr, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("ldrh {v:w}, [{a}]", v = out(reg) v, a = in(reg) addr, options(nostack, preserves_flags))
+        };
         v as u16
     }
 
@@ -94,7 +98,9 @@ impl Mmio {
         let addr = self.addr(offset, 4);
         let v: u32;
         // SAFETY: as in `read8`; the address is 4-byte aligned.
-        unsafe { asm!("ldr {v:w}, [{a}]", v = out(reg) v, a = in(reg) addr, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("ldr {v:w}, [{a}]", v = out(reg) v, a = in(reg) addr, options(nostack, preserves_flags))
+        };
         v
     }
 
@@ -103,7 +109,9 @@ impl Mmio {
         let addr = self.addr(offset, 8);
         let v: u64;
         // SAFETY: as in `read8`; the address is 8-byte aligned.
-        unsafe { asm!("ldr {v}, [{a}]", v = out(reg) v, a = in(reg) addr, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("ldr {v}, [{a}]", v = out(reg) v, a = in(reg) addr, options(nostack, preserves_flags))
+        };
         v
     }
 
@@ -129,14 +137,18 @@ impl Mmio {
     pub fn write32(&self, offset: usize, value: u32) {
         let addr = self.addr(offset, 4);
         // SAFETY: as in `read32`.
-        unsafe { asm!("str {v:w}, [{a}]", v = in(reg) value, a = in(reg) addr, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("str {v:w}, [{a}]", v = in(reg) value, a = in(reg) addr, options(nostack, preserves_flags))
+        };
     }
 
     /// Writes a 64-bit register.
     pub fn write64(&self, offset: usize, value: u64) {
         let addr = self.addr(offset, 8);
         // SAFETY: as in `read64`.
-        unsafe { asm!("str {v}, [{a}]", v = in(reg) value, a = in(reg) addr, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("str {v}, [{a}]", v = in(reg) value, a = in(reg) addr, options(nostack, preserves_flags))
+        };
     }
 }
 

@@ -64,11 +64,20 @@ pub enum MemType {
 
 impl MemType {
     /// Read-write data.
-    pub const RW: MemType = MemType::Normal { write: true, exec: false };
+    pub const RW: MemType = MemType::Normal {
+        write: true,
+        exec: false,
+    };
     /// Read-only data.
-    pub const RO: MemType = MemType::Normal { write: false, exec: false };
+    pub const RO: MemType = MemType::Normal {
+        write: false,
+        exec: false,
+    };
     /// Code.
-    pub const RX: MemType = MemType::Normal { write: false, exec: true };
+    pub const RX: MemType = MemType::Normal {
+        write: false,
+        exec: true,
+    };
 
     fn attributes(self) -> u64 {
         match self {
@@ -127,9 +136,7 @@ extern "C" {
     static __text_end: u8;
     static __rodata_end: u8;
     static __stack_guard: u8;
-    static __stack_bottom: u8;
     static __exception_stack_guard: u8;
-    static __exception_stack_bottom: u8;
     static __image_end: u8;
 }
 
@@ -167,18 +174,6 @@ impl ImageLayout {
             image_end: a(&raw const __image_end),
         }
     }
-
-    fn check_guards(&self) {
-        debug_assert_eq!(a_plus_page(self.stack_guard), (&raw const __stack_bottom) as u64);
-        debug_assert_eq!(
-            a_plus_page(self.exception_stack_guard),
-            (&raw const __exception_stack_bottom) as u64
-        );
-    }
-}
-
-fn a_plus_page(a: u64) -> u64 {
-    a + PAGE
 }
 
 /// The identity map.
@@ -194,7 +189,9 @@ pub struct AddressSpace {
 fn read_parange_bits() -> (u64, u32) {
     let mmfr0: u64;
     // SAFETY: reading an ID register has no side effects.
-    unsafe { asm!("mrs {v}, id_aa64mmfr0_el1", v = out(reg) mmfr0, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("mrs {v}, id_aa64mmfr0_el1", v = out(reg) mmfr0, options(nomem, nostack, preserves_flags))
+    };
     // TCR.IPS uses the same encoding; without LPA2, 4 KiB tables reach 48 bits.
     let parange = (mmfr0 & 0xf).min(5);
     let bits = match parange {
@@ -240,7 +237,6 @@ impl AddressSpace {
     /// and stacks with unmapped guard pages) and the device tree area below
     /// it (read-only), then enables the MMU and caches.
     pub fn enable_for_image(layout: &ImageLayout) -> Result<Self, MapError> {
-        layout.check_guards();
         let mut space = Self::take().ok_or(MapError::OutOfTables)?;
         let l = layout;
         space.map(l.ram_base, l.image_start, MemType::RO)?;
@@ -297,7 +293,9 @@ impl AddressSpace {
     /// mapped with exactly the same attributes are left alone.
     pub fn map(&mut self, start: u64, end: u64, ty: MemType) -> Result<(), MapError> {
         let start = start & !(PAGE - 1);
-        let end = end.checked_next_multiple_of(PAGE).ok_or(MapError::TooHigh(end))?;
+        let end = end
+            .checked_next_multiple_of(PAGE)
+            .ok_or(MapError::TooHigh(end))?;
         if start >= end {
             return Ok(());
         }
@@ -314,7 +312,14 @@ impl AddressSpace {
         Ok(())
     }
 
-    fn map_level(&mut self, table: usize, level: u32, start: u64, end: u64, attrs: u64) -> Result<(), MapError> {
+    fn map_level(
+        &mut self,
+        table: usize,
+        level: u32,
+        start: u64,
+        end: u64,
+        attrs: u64,
+    ) -> Result<(), MapError> {
         let shift = 39 - 9 * level;
         let size = 1u64 << shift;
         let mut va = start;
@@ -374,7 +379,10 @@ impl AddressSpace {
         let root = self.table_ptr(0) as u64;
         // Drop any stale cache lines of the image (the tables, data and stacks
         // were written with the caches off).
-        cache::clean_invalidate(layout.image_start as usize, (layout.image_end - layout.image_start) as usize);
+        cache::clean_invalidate(
+            layout.image_start as usize,
+            (layout.image_end - layout.image_start) as usize,
+        );
         // SAFETY: standard MMU enable sequence; the caller guarantees the
         // identity map covers everything in use, so execution continues at
         // the same addresses.

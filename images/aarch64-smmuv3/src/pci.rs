@@ -82,11 +82,20 @@ impl Ecam {
     /// ECAM over `regs`, whose base is the configuration space of bus
     /// `bus_start`.
     pub fn new(regs: Mmio, bus_start: u8, bus_end: u8) -> Self {
-        Self { regs, bus_start, bus_end }
+        Self {
+            regs,
+            bus_start,
+            bus_end,
+        }
     }
 
     fn offset(&self, bdf: Bdf, reg: usize) -> Option<usize> {
-        if bdf.bus < self.bus_start || bdf.bus > self.bus_end || bdf.dev >= 32 || bdf.func >= 8 || reg >= 4096 {
+        if bdf.bus < self.bus_start
+            || bdf.bus > self.bus_end
+            || bdf.dev >= 32
+            || bdf.func >= 8
+            || reg >= 4096
+        {
             return None;
         }
         let offset = (usize::from(bdf.bus - self.bus_start) << 20)
@@ -98,17 +107,20 @@ impl Ecam {
 
     /// Reads a 32-bit register (all ones outside the ECAM).
     pub fn read32(&self, bdf: Bdf, reg: usize) -> u32 {
-        self.offset(bdf, reg).map_or(u32::MAX, |o| self.regs.read32(o))
+        self.offset(bdf, reg)
+            .map_or(u32::MAX, |o| self.regs.read32(o))
     }
 
     /// Reads a 16-bit register.
     pub fn read16(&self, bdf: Bdf, reg: usize) -> u16 {
-        self.offset(bdf, reg).map_or(u16::MAX, |o| self.regs.read16(o))
+        self.offset(bdf, reg)
+            .map_or(u16::MAX, |o| self.regs.read16(o))
     }
 
     /// Reads an 8-bit register.
     pub fn read8(&self, bdf: Bdf, reg: usize) -> u8 {
-        self.offset(bdf, reg).map_or(u8::MAX, |o| self.regs.read8(o))
+        self.offset(bdf, reg)
+            .map_or(u8::MAX, |o| self.regs.read8(o))
     }
 
     /// Writes a 32-bit register (ignored outside the ECAM).
@@ -295,7 +307,11 @@ impl WindowAlloc {
     /// Moves the allocator to the next multiple of `align` (bounded by the
     /// window) and returns the new position.
     fn align_to(&mut self, align: u64) -> u64 {
-        self.next = self.next.checked_next_multiple_of(align).unwrap_or(u64::MAX).min(self.end());
+        self.next = self
+            .next
+            .checked_next_multiple_of(align)
+            .unwrap_or(u64::MAX)
+            .min(self.end());
         self.next
     }
 
@@ -345,7 +361,9 @@ pub fn enumerate(ecam: &Ecam, host: &PciHost, iommu: Option<u32>) -> Topology {
         problems: Vec::new(),
     };
     if e.mem32.is_none() {
-        e.problems.push(String::from("no memory window below 4 GiB in the host bridge's ranges"));
+        e.problems.push(String::from(
+            "no memory window below 4 GiB in the host bridge's ranges",
+        ));
     }
     e.scan_bus(host.bus_start, 0);
     Topology {
@@ -380,7 +398,9 @@ impl Enumerator<'_> {
         let header_type = ecam.read8(bdf, HEADER_TYPE) & 0x7f;
         // No decoding or DMA while the BARs are sized and moved.
         ecam.write16(bdf, COMMAND, 0);
-        let stream_id = self.iommu.and_then(|iommu| self.host.stream_id(bdf.rid(), iommu));
+        let stream_id = self
+            .iommu
+            .and_then(|iommu| self.host.stream_id(bdf.rid(), iommu));
         let index = self.functions.len();
         self.functions.push(Function {
             bdf,
@@ -402,12 +422,17 @@ impl Enumerator<'_> {
                 self.assign_bars(bdf, 2)
             }
             other => {
-                self.problems.push(format!("{bdf}: header type {other} not supported, left disabled"));
+                self.problems.push(format!(
+                    "{bdf}: header type {other} not supported, left disabled"
+                ));
                 return;
             }
         };
         let mut command = CMD_BUS_MASTER | CMD_INTX_DISABLE;
-        if bars.iter().any(|b| b.kind != BarKind::Io && b.pci_addr.is_some()) {
+        if bars
+            .iter()
+            .any(|b| b.kind != BarKind::Io && b.pci_addr.is_some())
+        {
             command |= CMD_MEMORY;
         }
         if let Some(f) = self.functions.get_mut(index) {
@@ -452,7 +477,8 @@ impl Enumerator<'_> {
             let is64 = (original >> 1) & 3 == 2;
             let prefetchable = original & (1 << 3) != 0;
             if is64 && i + 1 >= count {
-                self.problems.push(format!("{bdf} BAR{i}: 64-bit BAR in the last slot"));
+                self.problems
+                    .push(format!("{bdf} BAR{i}: 64-bit BAR in the last slot"));
                 break;
             }
             ecam.write32(bdf, reg, u32::MAX);
@@ -476,7 +502,11 @@ impl Enumerator<'_> {
             }
             let size = 1u64 << mask.trailing_zeros();
             let use64 = is64 && prefetchable && self.mem64.is_some();
-            let window = if use64 { self.mem64.as_mut() } else { self.mem32.as_mut() };
+            let window = if use64 {
+                self.mem64.as_mut()
+            } else {
+                self.mem32.as_mut()
+            };
             let placed = window.and_then(|w| {
                 let pci = w.alloc(size, size.max(MIN_BAR_ALIGN))?;
                 Some((pci, w.to_cpu(pci)))
@@ -492,13 +522,16 @@ impl Enumerator<'_> {
                         readback |= u64::from(ecam.read32(bdf, reg + 4)) << 32;
                     }
                     if readback != pci {
-                        self.problems
-                            .push(format!("{bdf} BAR{i}: wrote 0x{pci:x}, reads back 0x{readback:x}"));
+                        self.problems.push(format!(
+                            "{bdf} BAR{i}: wrote 0x{pci:x}, reads back 0x{readback:x}"
+                        ));
                     }
                     (Some(pci), Some(cpu))
                 }
                 None => {
-                    self.problems.push(format!("{bdf} BAR{i}: no window space for 0x{size:x} bytes"));
+                    self.problems.push(format!(
+                        "{bdf} BAR{i}: no window space for 0x{size:x} bytes"
+                    ));
                     ecam.write32(bdf, reg, 0);
                     if is64 {
                         ecam.write32(bdf, reg + 4, 0);
@@ -523,14 +556,17 @@ impl Enumerator<'_> {
         let ecam = self.ecam;
         let bus_end = u16::from(self.host.bus_end);
         if depth >= MAX_BRIDGE_DEPTH || self.next_bus > bus_end {
-            self.problems.push(format!("{bdf}: no bus number left for the bridge (or nested too deep)"));
+            self.problems.push(format!(
+                "{bdf}: no bus number left for the bridge (or nested too deep)"
+            ));
             return None;
         }
         let secondary = self.next_bus as u8;
         self.next_bus += 1;
         let latency = ecam.read32(bdf, BUS_NUMBERS) & 0xff00_0000;
-        let bus_numbers =
-            |sub: u8| latency | (u32::from(sub) << 16) | (u32::from(secondary) << 8) | u32::from(bdf.bus);
+        let bus_numbers = |sub: u8| {
+            latency | (u32::from(sub) << 16) | (u32::from(secondary) << 8) | u32::from(bdf.bus)
+        };
         // Route every remaining bus number below the bridge while scanning.
         ecam.write32(bdf, BUS_NUMBERS, bus_numbers(self.host.bus_end));
         // I/O window closed (base above limit).
@@ -564,11 +600,20 @@ impl Enumerator<'_> {
         }
         match pref_window {
             Some((s, e)) => {
-                // Low nibble 1: 64-bit prefetchable window.
-                let value = (((s >> 16) & 0xfff0) as u32 | 1) | (((((e >> 16) & 0xfff0) as u32) | 1) << 16);
+                // The low nibble is read-only: 1 for a 64-bit window.
+                let addr64 = ecam.read16(bdf, PREF_BASE_LIMIT) & 0xf == 1;
+                if !addr64 && e >> 32 != 0 {
+                    self.problems.push(format!(
+                        "{bdf}: prefetchable window 0x{s:x}..=0x{e:x} needs 64-bit addressing, \
+                         which the bridge lacks"
+                    ));
+                }
+                let value = ((s >> 16) & 0xfff0) as u32 | ((((e >> 16) & 0xfff0) as u32) << 16);
                 ecam.write32(bdf, PREF_BASE_LIMIT, value);
-                ecam.write32(bdf, PREF_BASE_UPPER, (s >> 32) as u32);
-                ecam.write32(bdf, PREF_LIMIT_UPPER, (e >> 32) as u32);
+                if addr64 {
+                    ecam.write32(bdf, PREF_BASE_UPPER, (s >> 32) as u32);
+                    ecam.write32(bdf, PREF_LIMIT_UPPER, (e >> 32) as u32);
+                }
             }
             None => {
                 ecam.write32(bdf, PREF_BASE_LIMIT, 0x0000_fff0);

@@ -55,7 +55,10 @@ pub struct SmmuNode {
 impl SmmuNode {
     /// The interrupt called `name`.
     pub fn interrupt(&self, name: &str) -> Option<Interrupt> {
-        self.interrupts.iter().find(|(n, _)| n == name).map(|(_, i)| *i)
+        self.interrupts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, i)| *i)
     }
 }
 
@@ -207,7 +210,9 @@ impl<'a> Platform<'a> {
             let mut n = 0;
             while let Some((base, size)) = node.reg(n)? {
                 if size != 0 {
-                    let end = base.checked_add(size).ok_or(PlatformError::Missing("memory range overflows"))?;
+                    let end = base
+                        .checked_add(size)
+                        .ok_or(PlatformError::Missing("memory range overflows"))?;
                     ram.push(PhysRange { start: base, end });
                 }
                 n += 1;
@@ -256,18 +261,28 @@ fn find_uart(fdt: &Fdt<'_>) -> Result<Option<(Region, UartSource)>> {
             let spec = p.as_str()?;
             // "path-or-alias[:options]"
             let name = spec.split(':').next().unwrap_or(spec);
-            let path = if name.starts_with('/') { Some(name) } else { fdt.alias(name)? };
+            let path = if name.starts_with('/') {
+                Some(name)
+            } else {
+                fdt.alias(name)?
+            };
             if let Some(path) = path {
                 if let Some(node) = fdt.find_path(path)? {
                     if node.is_compatible("arm,pl011")? && node.is_enabled()? {
-                        return Ok(Some((first_reg(&node, "PL011 reg")?, UartSource::StdoutPath)));
+                        return Ok(Some((
+                            first_reg(&node, "PL011 reg")?,
+                            UartSource::StdoutPath,
+                        )));
                     }
                 }
             }
         }
     }
     match fdt.find_compatible("arm,pl011")? {
-        Some(node) => Ok(Some((first_reg(&node, "PL011 reg")?, UartSource::Compatible))),
+        Some(node) => Ok(Some((
+            first_reg(&node, "PL011 reg")?,
+            UartSource::Compatible,
+        ))),
         None => Ok(None),
     }
 }
@@ -279,18 +294,25 @@ fn find_smmu(fdt: &Fdt<'_>) -> Result<Option<SmmuNode>> {
     let regs = first_reg(&node, "SMMUv3 reg")?;
     let mut interrupts = Vec::new();
     if let Some(p) = node.property("interrupts")? {
-        let parent = node
-            .interrupt_parent()
-            .ok_or(PlatformError::Missing("SMMUv3 has interrupts but no interrupt-parent"))?;
+        let parent = node.interrupt_parent().ok_or(PlatformError::Missing(
+            "SMMUv3 has interrupts but no interrupt-parent",
+        ))?;
         let controller = fdt
             .find_phandle(parent)?
             .ok_or(PlatformError::Missing("SMMUv3 interrupt-parent not found"))?;
         let cells = controller
             .property("#interrupt-cells")?
-            .ok_or(PlatformError::Missing("interrupt controller without #interrupt-cells"))?
+            .ok_or(PlatformError::Missing(
+                "interrupt controller without #interrupt-cells",
+            ))?
             .as_u32()?;
-        if cells != 3 || !controller.is_compatible_any(&["arm,cortex-a15-gic", "arm,gic-400", "arm,gic-v3"])? {
-            return Err(PlatformError::Missing("SMMUv3 interrupt parent is not a GIC with 3 cells"));
+        let gic = controller.is_compatible("arm,cortex-a15-gic")?
+            || controller.is_compatible("arm,gic-400")?
+            || controller.is_compatible("arm,gic-v3")?;
+        if cells != 3 || !gic {
+            return Err(PlatformError::Missing(
+                "SMMUv3 interrupt parent is not a GIC with 3 cells",
+            ));
         }
         let names: Vec<String> = match node.property("interrupt-names")? {
             Some(n) => n
@@ -311,7 +333,10 @@ fn find_smmu(fdt: &Fdt<'_>) -> Result<Option<SmmuNode>> {
                 _ => None,
             }
             .ok_or(PlatformError::Missing("SMMUv3 interrupt of unknown type"))?;
-            let name = names.get(index).cloned().unwrap_or_else(|| alloc::format!("irq{index}"));
+            let name = names
+                .get(index)
+                .cloned()
+                .unwrap_or_else(|| alloc::format!("irq{index}"));
             interrupts.push((name, Interrupt { intid, flags }));
             index += 1;
         }
@@ -338,7 +363,9 @@ fn find_pci(fdt: &Fdt<'_>) -> Result<Option<PciHost>> {
     // 1 MiB of ECAM per bus.
     let ecam_buses = ecam.size >> 20;
     if ecam_buses == 0 || bus_start > bus_end || bus_end > 255 {
-        return Err(PlatformError::Missing("PCIe bus-range / ECAM size unusable"));
+        return Err(PlatformError::Missing(
+            "PCIe bus-range / ECAM size unusable",
+        ));
     }
     let bus_end = bus_end.min(bus_start + u32::try_from(ecam_buses - 1).unwrap_or(255));
     let (bus_start, bus_end) = (
@@ -365,7 +392,10 @@ fn find_pci(fdt: &Fdt<'_>) -> Result<Option<PciHost>> {
                 3 => PciSpace::Mem64,
                 _ => continue,
             };
-            if size == 0 || cpu_base.checked_add(size).is_none() || pci_base.checked_add(size).is_none() {
+            if size == 0
+                || cpu_base.checked_add(size).is_none()
+                || pci_base.checked_add(size).is_none()
+            {
                 return Err(PlatformError::Missing("PCIe range overflows"));
             }
             windows.push(PciWindow {
@@ -384,15 +414,17 @@ fn find_pci(fdt: &Fdt<'_>) -> Result<Option<PciHost>> {
         while !c.is_empty() {
             let rid_base = c.next_u32()?;
             let iommu = c.next_u32()?;
-            let iommu_node = fdt
-                .find_phandle(iommu)?
-                .ok_or(PlatformError::Missing("iommu-map refers to an unknown phandle"))?;
+            let iommu_node = fdt.find_phandle(iommu)?.ok_or(PlatformError::Missing(
+                "iommu-map refers to an unknown phandle",
+            ))?;
             let iommu_cells = match iommu_node.property("#iommu-cells")? {
                 Some(p) => p.as_u32()?,
                 None => return Err(PlatformError::Missing("IOMMU without #iommu-cells")),
             };
             if iommu_cells != 1 {
-                return Err(PlatformError::Missing("iommu-map with #iommu-cells other than 1"));
+                return Err(PlatformError::Missing(
+                    "iommu-map with #iommu-cells other than 1",
+                ));
             }
             let sid_base = c.next_u32()?;
             let length = c.next_u32()?;
@@ -417,19 +449,4 @@ fn find_pci(fdt: &Fdt<'_>) -> Result<Option<PciHost>> {
         iommu_map_mask,
         dma_coherent: node.has_property("dma-coherent")?,
     }))
-}
-
-trait CompatibleAny {
-    fn is_compatible_any(&self, list: &[&str]) -> core::result::Result<bool, FdtError>;
-}
-
-impl CompatibleAny for Node<'_> {
-    fn is_compatible_any(&self, list: &[&str]) -> core::result::Result<bool, FdtError> {
-        for c in list {
-            if self.is_compatible(c)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
 }

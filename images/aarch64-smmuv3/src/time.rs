@@ -9,14 +9,18 @@ fn counter() -> u64 {
     let v: u64;
     // SAFETY: reading CNTPCT_EL0 has no side effects; the ISB keeps the read
     // from being performed ahead of earlier instructions.
-    unsafe { asm!("isb", "mrs {v}, cntpct_el0", v = out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("isb", "mrs {v}, cntpct_el0", v = out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
 fn counter_frequency() -> u64 {
     let v: u64;
     // SAFETY: reading CNTFRQ_EL0 has no side effects.
-    unsafe { asm!("mrs {v}, cntfrq_el0", v = out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("mrs {v}, cntfrq_el0", v = out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -65,7 +69,11 @@ impl Clock {
     /// Calls `poll` until it returns `Some`, or until `timeout_us`
     /// microseconds have passed (`poll` is tried once more after the deadline,
     /// so a slow host cannot turn a completed operation into a timeout).
-    pub fn poll_until<T>(&self, timeout_us: u64, mut poll: impl FnMut() -> Option<T>) -> Result<T, Timeout> {
+    pub fn poll_until<T>(
+        &self,
+        timeout_us: u64,
+        mut poll: impl FnMut() -> Option<T>,
+    ) -> Result<T, Timeout> {
         let start = self.now();
         loop {
             if let Some(v) = poll() {

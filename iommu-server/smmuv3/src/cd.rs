@@ -17,17 +17,17 @@ pub const CD_WORDS: usize = 8;
 /// Bytes per CD.
 pub const CD_BYTES: usize = 64;
 
-/// CD.T0SZ [5:0].
+/// CD.T0SZ `[5:0]`.
 pub const CTXDESC_CD_0_TCR_T0SZ: u64 = genmask(5, 0);
-/// CD.TG0 [7:6] (0 = 4KB, 1 = 64KB, 2 = 16KB).
+/// CD.TG0 `[7:6]` (0 = 4KB, 1 = 64KB, 2 = 16KB).
 pub const CTXDESC_CD_0_TCR_TG0: u64 = genmask(7, 6);
 /// TG0 value for the 4KB granule.
 pub const CTXDESC_CD_0_TCR_TG0_4K: u64 = 0;
-/// CD.IR0 [9:8]: inner cacheability of TTB0 walks.
+/// CD.IR0 `[9:8]`: inner cacheability of TTB0 walks.
 pub const CTXDESC_CD_0_TCR_IRGN0: u64 = genmask(9, 8);
-/// CD.OR0 [11:10].
+/// CD.OR0 `[11:10]`.
 pub const CTXDESC_CD_0_TCR_ORGN0: u64 = genmask(11, 10);
-/// CD.SH0 [13:12].
+/// CD.SH0 `[13:12]`.
 pub const CTXDESC_CD_0_TCR_SH0: u64 = genmask(13, 12);
 /// CD.EPD0: disable TTB0 walks.
 pub const CTXDESC_CD_0_TCR_EPD0: u64 = 1 << 14;
@@ -37,11 +37,11 @@ pub const CTXDESC_CD_0_ENDI: u64 = 1 << 15;
 pub const CTXDESC_CD_0_TCR_EPD1: u64 = 1 << 30;
 /// CD.V: valid.
 pub const CTXDESC_CD_0_V: u64 = 1 << 31;
-/// CD.IPS [34:32]: intermediate physical (output) size.
+/// CD.IPS `[34:32]`: intermediate physical (output) size.
 pub const CTXDESC_CD_0_TCR_IPS: u64 = genmask(34, 32);
 /// CD.AFFD: access flag faults disabled.
 pub const CTXDESC_CD_0_AFFD: u64 = 1 << 35;
-/// CD.TBI [39:38]: top byte ignore.
+/// CD.TBI `[39:38]`: top byte ignore.
 pub const CTXDESC_CD_0_TCR_TBI: u64 = genmask(39, 38);
 /// CD.AA64: AArch64 tables.
 pub const CTXDESC_CD_0_AA64: u64 = 1 << 41;
@@ -57,18 +57,18 @@ pub const CTXDESC_CD_0_R: u64 = 1 << 45;
 pub const CTXDESC_CD_0_A: u64 = 1 << 46;
 /// CD.ASET: ASID set (1 = not shared with PE broadcast TLBI).
 pub const CTXDESC_CD_0_ASET: u64 = 1 << 47;
-/// CD.ASID [63:48].
+/// CD.ASID `[63:48]`.
 pub const CTXDESC_CD_0_ASID: u64 = genmask(63, 48);
 /// CD.HAD0 (word 1 bit 1): hierarchical attribute disable for TTB0 walks.
 pub const CTXDESC_CD_1_HAD0: u64 = 1 << 1;
-/// CD.TTB0 [51:4].
+/// CD.TTB0 `[51:4]`.
 pub const CTXDESC_CD_1_TTB0: u64 = genmask(51, 4);
-/// CD.TTB1 [51:4] (word 2).
+/// CD.TTB1 `[51:4]` (word 2).
 pub const CTXDESC_CD_2_TTB1: u64 = genmask(51, 4);
 
 /// L1CD.V.
 pub const CTXDESC_L1_DESC_V: u64 = 1 << 0;
-/// L1CD.L2Ptr [51:12].
+/// L1CD.L2Ptr `[51:12]`.
 pub const CTXDESC_L1_DESC_L2PTR: u64 = genmask(51, 12);
 /// CDs per two-level leaf table (64KB leaves, STE.S1Fmt = 64K_L2).
 pub const CTXDESC_L2_ENTRIES: usize = 1024;
@@ -192,7 +192,10 @@ enum Layout {
     /// `2^bits` CDs in one contiguous table (bits = 0: a single CD).
     Linear { bits: u8 },
     /// L1 table of `2^(bits-10)` descriptors pointing at 1024-CD leaves.
-    TwoLevel { bits: u8, leaves: Vec<Option<PhysAddr>> },
+    TwoLevel {
+        bits: u8,
+        leaves: Vec<Option<PhysAddr>>,
+    },
 }
 
 /// A CD or CD table owned by the driver.
@@ -219,7 +222,9 @@ impl CdTable {
 
     /// A single CD (STE.S1CDMax = 0): all the QEMU model supports (SSIDSIZE = 0).
     pub fn single<M: DmaMemory>(mem: &mut M) -> Result<Self, Error> {
-        let base = mem.alloc_zeroed(CD_BYTES, CD_BYTES).ok_or(Error::OutOfMemory)?;
+        let base = mem
+            .alloc_zeroed(CD_BYTES, CD_BYTES)
+            .ok_or(Error::OutOfMemory)?;
         Ok(Self {
             base,
             layout: Layout::Linear { bits: 0 },
@@ -246,7 +251,11 @@ impl CdTable {
 
     /// A two-level table covering `2^ssid_bits` SubstreamIDs with 1024-CD leaves allocated
     /// on first use. Refused without IDR0.CD2L or enough SSIDSIZE.
-    pub fn two_level<M: DmaMemory>(mem: &mut M, f: &Features, ssid_bits: u8) -> Result<Self, Error> {
+    pub fn two_level<M: DmaMemory>(
+        mem: &mut M,
+        f: &Features,
+        ssid_bits: u8,
+    ) -> Result<Self, Error> {
         if f.ssid_bits == 0 || ssid_bits > f.ssid_bits {
             return Err(Unsupported::Substreams.into());
         }
@@ -254,7 +263,9 @@ impl CdTable {
             return Err(Unsupported::TwoLevelCdTable.into());
         }
         if ssid_bits <= 10 {
-            return Err(Error::InvalidField("two-level CD table needs more than 10 SSID bits"));
+            return Err(Error::InvalidField(
+                "two-level CD table needs more than 10 SSID bits",
+            ));
         }
         let l1_entries = 1usize << (ssid_bits - 10);
         let bytes = (l1_entries * 8).max(64);
@@ -448,7 +459,14 @@ mod tests {
             Cd::build(&cfg(), &small),
             Err(Error::Unsupported(Unsupported::Asid16))
         );
-        assert!(Cd::build(&CdConfig { asid: 0xff, ..cfg() }, &small).is_ok());
+        assert!(Cd::build(
+            &CdConfig {
+                asid: 0xff,
+                ..cfg()
+            },
+            &small
+        )
+        .is_ok());
     }
 
     #[test]
@@ -475,7 +493,14 @@ mod tests {
     fn linear_and_two_level_tables() {
         // S1P, AArch64, LE, CD2L, SSIDSIZE = 20.
         let f = Features::decode(&IdRegs {
-            idr: [0x2 | (2 << 2) | (1 << 19) | (2 << 21), 20 << 6, 0, 0, 0, 0x14],
+            idr: [
+                0x2 | (2 << 2) | (1 << 19) | (2 << 21),
+                20 << 6,
+                0,
+                0,
+                0,
+                0x14,
+            ],
             aidr: 0,
         });
         let mut m = IdentityHeap::new();
@@ -509,7 +534,10 @@ mod tests {
 
     #[test]
     fn used_bits() {
-        assert_eq!(Cd::invalid().used_bits(), [CTXDESC_CD_0_V, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            Cd::invalid().used_bits(),
+            [CTXDESC_CD_0_V, 0, 0, 0, 0, 0, 0, 0]
+        );
         let u = Cd::encode(&cfg()).used_bits();
         assert_eq!(u[0], u64::MAX);
         assert_eq!(u[2], 0, "EPD1 set: TTB1 unused");

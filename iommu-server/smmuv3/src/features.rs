@@ -9,13 +9,13 @@ use crate::regs::{self, genmask, RegisterIo};
 pub const IDR0_S2P: u64 = 1 << 0;
 /// IDR0.S1P: stage-1 translation supported.
 pub const IDR0_S1P: u64 = 1 << 1;
-/// IDR0.TTF [3:2]: translation table formats.
+/// IDR0.TTF `[3:2]`: translation table formats.
 pub const IDR0_TTF: u64 = genmask(3, 2);
 /// IDR0.COHACC: coherent access to tables and queues.
 pub const IDR0_COHACC: u64 = 1 << 4;
 /// IDR0.BTM: broadcast TLB maintenance.
 pub const IDR0_BTM: u64 = 1 << 5;
-/// IDR0.HTTU [7:6]: hardware translation table update (1 = Access flag, 2 = + dirty).
+/// IDR0.HTTU `[7:6]`: hardware translation table update (1 = Access flag, 2 = + dirty).
 pub const IDR0_HTTU: u64 = genmask(7, 6);
 /// IDR0.HYP: EL2 translation regime.
 pub const IDR0_HYP: u64 = 1 << 9;
@@ -39,25 +39,25 @@ pub const IDR0_VMID16: u64 = 1 << 18;
 pub const IDR0_CD2L: u64 = 1 << 19;
 /// IDR0.VATOS: virtual ATOS page.
 pub const IDR0_VATOS: u64 = 1 << 20;
-/// IDR0.TTENDIAN [22:21]: table endianness (0 mixed, 2 little, 3 big).
+/// IDR0.TTENDIAN `[22:21]`: table endianness (0 mixed, 2 little, 3 big).
 pub const IDR0_TTENDIAN: u64 = genmask(22, 21);
-/// IDR0.STALL_MODEL [25:24] (0 stall+terminate, 1 terminate only, 2 stall forced).
+/// IDR0.STALL_MODEL `[25:24]` (0 stall+terminate, 1 terminate only, 2 stall forced).
 pub const IDR0_STALL_MODEL: u64 = genmask(25, 24);
 /// IDR0.TERM_MODEL: 1 = terminated transactions always abort (no RAZ/WI option).
 pub const IDR0_TERM_MODEL: u64 = 1 << 26;
-/// IDR0.ST_LEVEL [28:27] (0 linear only, 1 linear and two-level).
+/// IDR0.ST_LEVEL `[28:27]` (0 linear only, 1 linear and two-level).
 pub const IDR0_ST_LEVEL: u64 = genmask(28, 27);
 
 // SMMU_IDR1 fields (§6.3.2).
-/// IDR1.SIDSIZE [5:0].
+/// IDR1.SIDSIZE `[5:0]`.
 pub const IDR1_SIDSIZE: u64 = genmask(5, 0);
-/// IDR1.SSIDSIZE [10:6].
+/// IDR1.SSIDSIZE `[10:6]`.
 pub const IDR1_SSIDSIZE: u64 = genmask(10, 6);
-/// IDR1.PRIQS [15:11].
+/// IDR1.PRIQS `[15:11]`.
 pub const IDR1_PRIQS: u64 = genmask(15, 11);
-/// IDR1.EVENTQS [20:16].
+/// IDR1.EVENTQS `[20:16]`.
 pub const IDR1_EVENTQS: u64 = genmask(20, 16);
-/// IDR1.CMDQS [25:21].
+/// IDR1.CMDQS `[25:21]`.
 pub const IDR1_CMDQS: u64 = genmask(25, 21);
 /// IDR1.REL: base addresses are relative (fixed) when presets apply.
 pub const IDR1_REL: u64 = 1 << 28;
@@ -71,11 +71,11 @@ pub const IDR1_TABLES_PRESET: u64 = 1 << 30;
 pub const IDR3_HAD: u64 = 1 << 2;
 /// IDR3.RIL: range invalidation.
 pub const IDR3_RIL: u64 = 1 << 10;
-/// IDR3.BBML [12:11]: break-before-make level.
+/// IDR3.BBML `[12:11]`: break-before-make level.
 pub const IDR3_BBML: u64 = genmask(12, 11);
 
 // SMMU_IDR5 fields (§6.3.6).
-/// IDR5.OAS [2:0].
+/// IDR5.OAS `[2:0]`.
 pub const IDR5_OAS: u64 = genmask(2, 0);
 /// IDR5.GRAN4K.
 pub const IDR5_GRAN4K: u64 = 1 << 4;
@@ -83,9 +83,9 @@ pub const IDR5_GRAN4K: u64 = 1 << 4;
 pub const IDR5_GRAN16K: u64 = 1 << 5;
 /// IDR5.GRAN64K.
 pub const IDR5_GRAN64K: u64 = 1 << 6;
-/// IDR5.VAX [11:10]: 1 = 52-bit VA.
+/// IDR5.VAX `[11:10]`: 1 = 52-bit VA.
 pub const IDR5_VAX: u64 = genmask(11, 10);
-/// IDR5.STALL_MAX [31:16].
+/// IDR5.STALL_MAX `[31:16]`.
 pub const IDR5_STALL_MAX: u64 = genmask(31, 16);
 
 /// Raw identification register values.
@@ -341,7 +341,10 @@ impl Features {
 
     /// Whether AArch64 translation tables are supported.
     pub fn aarch64_tables(&self) -> bool {
-        matches!(self.table_formats, TableFormats::AArch64 | TableFormats::Both)
+        matches!(
+            self.table_formats,
+            TableFormats::AArch64 | TableFormats::Both
+        )
     }
 
     /// Whether stall can be disabled for a stream (STE.S1STALLD usable).
@@ -438,12 +441,16 @@ mod tests {
         assert_eq!(f.arch_version, (3, 1));
         assert!(f.require_stage1().is_ok());
         assert!(f.check_asid(0xffff).is_ok());
-        assert_eq!(f.check_vmid(0x100), Err(Error::Unsupported(Unsupported::Vmid16)));
+        assert_eq!(
+            f.check_vmid(0x100),
+            Err(Error::Unsupported(Unsupported::Vmid16))
+        );
     }
 
     #[test]
     fn decodes_each_idr0_bit() {
-        let cases: [(u32, fn(&Features) -> bool); 14] = [
+        type Getter = fn(&Features) -> bool;
+        let cases: [(u32, Getter); 14] = [
             (1 << 0, |f| f.stage2),
             (1 << 1, |f| f.stage1),
             (1 << 4, |f| f.coherent),
@@ -490,17 +497,34 @@ mod tests {
     #[test]
     fn decodes_idr1_idr3_idr5() {
         let f = Features::decode(&IdRegs {
-            idr: [0, (7 << 21) | (8 << 16) | (9 << 11) | (20 << 6) | 32, 0, 0, 0, (5 << 10) | 6],
+            idr: [
+                0,
+                (7 << 21) | (8 << 16) | (9 << 11) | (20 << 6) | 32,
+                0,
+                0,
+                0,
+                (5 << 10) | 6,
+            ],
             aidr: 0x12,
         });
         assert_eq!((f.cmdq_log2, f.eventq_log2, f.priq_log2), (7, 8, 9));
         assert_eq!((f.ssid_bits, f.sid_bits), (20, 32));
         assert_eq!(f.oas_bits, 52);
         assert!(!f.gran4k);
-        assert_eq!(f.require_stage1(), Err(Error::Unsupported(Unsupported::Stage1)));
+        assert_eq!(
+            f.require_stage1(),
+            Err(Error::Unsupported(Unsupported::Stage1))
+        );
         assert_eq!(f.arch_version, (4, 2));
         let g = Features::decode(&IdRegs {
-            idr: [0x2 | (2 << 2), 0, 0, 1 << 11, 0, (1 << 10) | (0x1234 << 16) | 0x10],
+            idr: [
+                0x2 | (2 << 2),
+                0,
+                0,
+                1 << 11,
+                0,
+                (1 << 10) | (0x1234 << 16) | 0x10,
+            ],
             aidr: 0,
         });
         assert_eq!(g.bbml, 1);
@@ -527,7 +551,14 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             let id = IdRegs {
-                idr: [x, x.rotate_left(7), x, x.rotate_left(3), x, x.rotate_left(11)],
+                idr: [
+                    x,
+                    x.rotate_left(7),
+                    x,
+                    x.rotate_left(3),
+                    x,
+                    x.rotate_left(11),
+                ],
                 aidr: x,
             };
             let f = Features::decode(&id);

@@ -135,6 +135,14 @@ impl Words {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+
+    /// The words as atomics, for bounds-check-free loops. Values are little-endian.
+    #[inline(always)]
+    pub(crate) fn atomics(&self) -> &[AtomicU64] {
+        // SAFETY: `new`'s contract makes `ptr[0..len]` valid, aligned shared memory for
+        // as long as this value is used; `AtomicU64` has the layout of `u64`.
+        unsafe { core::slice::from_raw_parts(self.ptr as *const AtomicU64, self.len) }
+    }
 }
 
 #[cfg(test)]

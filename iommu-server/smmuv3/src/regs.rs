@@ -63,17 +63,17 @@ pub const CR0_ATSCHK: u32 = 1 << 4;
 // --- SMMU_CR1 (§6.3.11): cacheability/shareability of table and queue accesses ---
 /// SMMU_CR1.
 pub const CR1: usize = 0x28;
-/// CR1.QUEUE_IC [1:0].
+/// CR1.QUEUE_IC `[1:0]`.
 pub const CR1_QUEUE_IC: u64 = genmask(1, 0);
-/// CR1.QUEUE_OC [3:2].
+/// CR1.QUEUE_OC `[3:2]`.
 pub const CR1_QUEUE_OC: u64 = genmask(3, 2);
-/// CR1.QUEUE_SH [5:4].
+/// CR1.QUEUE_SH `[5:4]`.
 pub const CR1_QUEUE_SH: u64 = genmask(5, 4);
-/// CR1.TABLE_IC [7:6].
+/// CR1.TABLE_IC `[7:6]`.
 pub const CR1_TABLE_IC: u64 = genmask(7, 6);
-/// CR1.TABLE_OC [9:8].
+/// CR1.TABLE_OC `[9:8]`.
 pub const CR1_TABLE_OC: u64 = genmask(9, 8);
-/// CR1.TABLE_SH [11:10].
+/// CR1.TABLE_SH `[11:10]`.
 pub const CR1_TABLE_SH: u64 = genmask(11, 10);
 /// CR1 cacheability: non-cacheable.
 pub const CR1_CACHE_NC: u64 = 0;
@@ -149,15 +149,15 @@ pub const GERROR_IRQ_CFG0: usize = 0x68;
 pub const STRTAB_BASE: usize = 0x80;
 /// STRTAB_BASE.RA: read-allocate hint.
 pub const STRTAB_BASE_RA: u64 = 1 << 62;
-/// STRTAB_BASE.ADDR [51:6].
+/// STRTAB_BASE.ADDR `[51:6]`.
 pub const STRTAB_BASE_ADDR: u64 = genmask(51, 6);
 /// SMMU_STRTAB_BASE_CFG.
 pub const STRTAB_BASE_CFG: usize = 0x88;
-/// STRTAB_BASE_CFG.LOG2SIZE [5:0]: log2 of the number of StreamIDs covered.
+/// STRTAB_BASE_CFG.LOG2SIZE `[5:0]`: log2 of the number of StreamIDs covered.
 pub const STRTAB_BASE_CFG_LOG2SIZE: u64 = genmask(5, 0);
-/// STRTAB_BASE_CFG.SPLIT [10:6]: StreamID bits resolved by the level-2 tables.
+/// STRTAB_BASE_CFG.SPLIT `[10:6]`: StreamID bits resolved by the level-2 tables.
 pub const STRTAB_BASE_CFG_SPLIT: u64 = genmask(10, 6);
-/// STRTAB_BASE_CFG.FMT [17:16].
+/// STRTAB_BASE_CFG.FMT `[17:16]`.
 pub const STRTAB_BASE_CFG_FMT: u64 = genmask(17, 16);
 /// FMT value: linear table.
 pub const STRTAB_BASE_CFG_FMT_LINEAR: u64 = 0;
@@ -185,11 +185,11 @@ pub const PRIQ_PROD: usize = PAGE1 + 0xc8;
 pub const PRIQ_CONS: usize = PAGE1 + 0xcc;
 /// Q_BASE.RA / WA (bit 62): read-allocate (CMDQ) or write-allocate (EVENTQ, PRIQ) hint.
 pub const Q_BASE_RWA: u64 = 1 << 62;
-/// Q_BASE.ADDR [51:5].
+/// Q_BASE.ADDR `[51:5]`.
 pub const Q_BASE_ADDR: u64 = genmask(51, 5);
-/// Q_BASE.LOG2SIZE [4:0].
+/// Q_BASE.LOG2SIZE `[4:0]`.
 pub const Q_BASE_LOG2SIZE: u64 = genmask(4, 0);
-/// CMDQ_CONS.ERR [30:24].
+/// CMDQ_CONS.ERR `[30:24]`.
 pub const CMDQ_CONS_ERR: u32 = 0x7f << 24;
 /// EVENTQ_PROD.OVFLG (bit 31) / EVENTQ_CONS.OVACKFLG (bit 31).
 pub const Q_OVERFLOW_FLAG: u32 = 1 << 31;
@@ -249,27 +249,27 @@ impl Mmio {
 
 impl RegisterIo for Mmio {
     fn read32(&mut self, offset: usize) -> u32 {
-        debug_assert!(offset < 2 * PAGE1 && offset % 4 == 0);
+        debug_assert!(offset < 2 * PAGE1 && offset & 3 == 0);
         // SAFETY: `new` guarantees `base` maps the 128KB register frame; offsets are the
         // architected register offsets inside it and 4-byte aligned.
         unsafe { core::ptr::read_volatile(self.base.add(offset) as *const u32) }
     }
 
     fn write32(&mut self, offset: usize, value: u32) {
-        debug_assert!(offset < 2 * PAGE1 && offset % 4 == 0);
+        debug_assert!(offset < 2 * PAGE1 && offset & 3 == 0);
         // SAFETY: as in `read32`.
         unsafe { core::ptr::write_volatile(self.base.add(offset) as *mut u32, value) }
     }
 
     fn read64(&mut self, offset: usize) -> u64 {
-        debug_assert!(offset < 2 * PAGE1 && offset % 8 == 0);
+        debug_assert!(offset < 2 * PAGE1 && offset & 7 == 0);
         // SAFETY: as in `read32`; 64-bit registers are 8-byte aligned and the SMMU
         // supports 64-bit single-copy atomic access to them (§6.2).
         unsafe { core::ptr::read_volatile(self.base.add(offset) as *const u64) }
     }
 
     fn write64(&mut self, offset: usize, value: u64) {
-        debug_assert!(offset < 2 * PAGE1 && offset % 8 == 0);
+        debug_assert!(offset < 2 * PAGE1 && offset & 7 == 0);
         // SAFETY: as in `read64`.
         unsafe { core::ptr::write_volatile(self.base.add(offset) as *mut u64, value) }
     }
@@ -369,11 +369,29 @@ impl<C: Clock> PollTimeout for Deadline<C> {
     }
 }
 
+/// The Arm generic timer's virtual counter (CNTVCT_EL0 / CNTFRQ_EL0) as a [`Clock`],
+/// for bare-metal images.
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GenericTimer;
+
+#[cfg(target_arch = "aarch64")]
+impl Clock for GenericTimer {
+    fn now_ns(&mut self) -> u64 {
+        let cnt: u64;
+        let frq: u64;
+        // SAFETY: reading the virtual counter and its frequency has no side effects; the
+        // ISB keeps the counter read from being hoisted above earlier polls.
+        unsafe {
+            core::arch::asm!("isb", "mrs {0}, cntvct_el0", out(reg) cnt, options(nostack));
+            core::arch::asm!("mrs {0}, cntfrq_el0", out(reg) frq, options(nomem, nostack));
+        }
+        (u128::from(cnt) * 1_000_000_000 / u128::from(frq.max(1))) as u64
+    }
+}
+
 /// Poll `done` until it returns true or `timeout` expires.
-pub(crate) fn poll_until<T: PollTimeout>(
-    timeout: &mut T,
-    mut done: impl FnMut() -> bool,
-) -> bool {
+pub(crate) fn poll_until<T: PollTimeout>(timeout: &mut T, mut done: impl FnMut() -> bool) -> bool {
     timeout.start();
     loop {
         if done() {
@@ -404,13 +422,40 @@ mod tests {
     #[test]
     fn register_offsets_match_spec() {
         assert_eq!((CR0, CR0ACK, CR1, CR2), (0x20, 0x24, 0x28, 0x2c));
-        assert_eq!((GERROR, GERRORN, IRQ_CTRL, IRQ_CTRLACK), (0x60, 0x64, 0x50, 0x54));
+        assert_eq!(
+            (GERROR, GERRORN, IRQ_CTRL, IRQ_CTRLACK),
+            (0x60, 0x64, 0x50, 0x54)
+        );
         assert_eq!((STRTAB_BASE, STRTAB_BASE_CFG), (0x80, 0x88));
         assert_eq!((CMDQ_BASE, CMDQ_PROD, CMDQ_CONS), (0x90, 0x98, 0x9c));
-        assert_eq!((EVENTQ_BASE, EVENTQ_PROD, EVENTQ_CONS), (0xa0, 0x100a8, 0x100ac));
+        assert_eq!(
+            (EVENTQ_BASE, EVENTQ_PROD, EVENTQ_CONS),
+            (0xa0, 0x100a8, 0x100ac)
+        );
         assert_eq!(CR1_TABLE_SH | CR1_QUEUE_IC, 0xc03);
         assert_eq!(CMDQ_CONS_ERR, 0x7f00_0000);
         assert_eq!(Q_BASE_ADDR, 0x000f_ffff_ffff_ffe0);
+    }
+
+    #[test]
+    fn mmio_accesses_the_frame() {
+        extern crate std;
+        let mut frame = std::vec![0u64; 2 * PAGE1 / 8];
+        {
+            // SAFETY: the buffer is 128KB, aligned, and outlives `m` (this block).
+            let mut m = unsafe { Mmio::new(frame.as_mut_ptr() as *mut u8) };
+            m.write32(CR0, 0xd);
+            m.write64(STRTAB_BASE, 0x4000_0000_8000_0040);
+            m.write32(EVENTQ_CONS, 0x8000_0003);
+            assert_eq!(m.read32(CR0), 0xd);
+            assert_eq!(m.read64(STRTAB_BASE), 0x4000_0000_8000_0040);
+            assert_eq!(m.read32(STRTAB_BASE + 4), 0x4000_0000);
+            assert_eq!(m.read32(EVENTQ_CONS), 0x8000_0003);
+            m.publish_barrier();
+            m.consume_barrier();
+        }
+        assert_eq!(frame[CR0 / 8] & 0xffff_ffff, 0xd);
+        assert_eq!(frame[EVENTQ_CONS / 8] >> 32, 0x8000_0003);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! constants below (`STRTAB_STE_<word>_<FIELD>`).
 
 use crate::error::{Error, Unsupported};
-use crate::features::Features;
+use crate::features::{Features, StallModel};
 use crate::mem::PhysAddr;
 use crate::regs::{field_get, field_prep, genmask};
 
@@ -17,7 +17,7 @@ pub const STE_BYTES: usize = 64;
 // Word 0.
 /// STE.V: valid.
 pub const STRTAB_STE_0_V: u64 = 1 << 0;
-/// STE.Config [3:1].
+/// STE.Config `[3:1]`.
 pub const STRTAB_STE_0_CFG: u64 = genmask(3, 1);
 /// Config: abort all traffic (no event).
 pub const STRTAB_STE_0_CFG_ABORT: u64 = 0b000;
@@ -29,7 +29,7 @@ pub const STRTAB_STE_0_CFG_S1_TRANS: u64 = 0b101;
 pub const STRTAB_STE_0_CFG_S2_TRANS: u64 = 0b110;
 /// Config: both stages translate (nested).
 pub const STRTAB_STE_0_CFG_NESTED: u64 = 0b111;
-/// STE.S1Fmt [5:4]: CD table format.
+/// STE.S1Fmt `[5:4]`: CD table format.
 pub const STRTAB_STE_0_S1FMT: u64 = genmask(5, 4);
 /// S1Fmt: linear CD table (or a single CD when S1CDMax = 0).
 pub const STRTAB_STE_0_S1FMT_LINEAR: u64 = 0;
@@ -37,13 +37,13 @@ pub const STRTAB_STE_0_S1FMT_LINEAR: u64 = 0;
 pub const STRTAB_STE_0_S1FMT_4K_L2: u64 = 1;
 /// S1Fmt: two-level CD table, 64KB (1024-CD) leaf tables.
 pub const STRTAB_STE_0_S1FMT_64K_L2: u64 = 2;
-/// STE.S1ContextPtr [51:6].
+/// STE.S1ContextPtr `[51:6]`.
 pub const STRTAB_STE_0_S1CTXPTR: u64 = genmask(51, 6);
-/// STE.S1CDMax [63:59]: log2 of the number of CDs.
+/// STE.S1CDMax `[63:59]`: log2 of the number of CDs.
 pub const STRTAB_STE_0_S1CDMAX: u64 = genmask(63, 59);
 
 // Word 1.
-/// STE.S1DSS [1:0]: what non-substream traffic does when S1CDMax > 0.
+/// STE.S1DSS `[1:0]`: what non-substream traffic does when S1CDMax > 0.
 pub const STRTAB_STE_1_S1DSS: u64 = genmask(1, 0);
 /// S1DSS: terminate non-substream traffic.
 pub const STRTAB_STE_1_S1DSS_TERMINATE: u64 = 0;
@@ -51,11 +51,11 @@ pub const STRTAB_STE_1_S1DSS_TERMINATE: u64 = 0;
 pub const STRTAB_STE_1_S1DSS_BYPASS: u64 = 1;
 /// S1DSS: non-substream traffic uses CD 0.
 pub const STRTAB_STE_1_S1DSS_SSID0: u64 = 2;
-/// STE.S1CIR [3:2]: inner cacheability of CD and stage-1 table walks.
+/// STE.S1CIR `[3:2]`: inner cacheability of CD and stage-1 table walks.
 pub const STRTAB_STE_1_S1CIR: u64 = genmask(3, 2);
-/// STE.S1COR [5:4]: outer cacheability.
+/// STE.S1COR `[5:4]`: outer cacheability.
 pub const STRTAB_STE_1_S1COR: u64 = genmask(5, 4);
-/// STE.S1CSH [7:6]: shareability.
+/// STE.S1CSH `[7:6]`: shareability.
 pub const STRTAB_STE_1_S1CSH: u64 = genmask(7, 6);
 /// S1C{I,O}R: non-cacheable.
 pub const STRTAB_STE_1_S1C_CACHE_NC: u64 = 0;
@@ -67,38 +67,38 @@ pub const STRTAB_STE_1_S1C_CACHE_WT: u64 = 2;
 pub const STRTAB_STE_1_S1C_CACHE_WB: u64 = 3;
 /// STE.S1STALLD: disable stall for stage-1 faults.
 pub const STRTAB_STE_1_S1STALLD: u64 = 1 << 27;
-/// STE.EATS [29:28]: ATS behaviour.
+/// STE.EATS `[29:28]`: ATS behaviour.
 pub const STRTAB_STE_1_EATS: u64 = genmask(29, 28);
-/// STE.STRW [31:30]: stream world / translation regime.
+/// STE.STRW `[31:30]`: stream world / translation regime.
 pub const STRTAB_STE_1_STRW: u64 = genmask(31, 30);
 /// STRW: Non-secure EL1&0.
 pub const STRTAB_STE_1_STRW_NSEL1: u64 = 0;
 /// STRW: EL2 (or EL2-E2H).
 pub const STRTAB_STE_1_STRW_EL2: u64 = 2;
-/// STE word 1 [51:32]: the incoming-attribute overrides (MemAttr, MTCFG, ALLOCCFG,
+/// STE word 1 `[51:32]`: the incoming-attribute overrides (MemAttr, MTCFG, ALLOCCFG,
 /// SHCFG, NSCFG, PRIVCFG, INSTCFG), all applying whenever the STE is valid and not abort.
 pub const STRTAB_STE_1_OVERRIDES: u64 = genmask(51, 32);
-/// STE.SHCFG [45:44]: shareability override.
+/// STE.SHCFG `[45:44]`: shareability override.
 pub const STRTAB_STE_1_SHCFG: u64 = genmask(45, 44);
 /// SHCFG: use the incoming shareability.
 pub const STRTAB_STE_1_SHCFG_INCOMING: u64 = 1;
 
 // Word 2.
-/// STE.S2VMID [15:0].
+/// STE.S2VMID `[15:0]`.
 pub const STRTAB_STE_2_S2VMID: u64 = genmask(15, 0);
-/// STE.S2T0SZ [37:32].
+/// STE.S2T0SZ `[37:32]`.
 pub const STRTAB_STE_2_S2T0SZ: u64 = genmask(37, 32);
-/// STE.S2SL0 [39:38].
+/// STE.S2SL0 `[39:38]`.
 pub const STRTAB_STE_2_S2SL0: u64 = genmask(39, 38);
-/// STE.S2IR0 [41:40].
+/// STE.S2IR0 `[41:40]`.
 pub const STRTAB_STE_2_S2IR0: u64 = genmask(41, 40);
-/// STE.S2OR0 [43:42].
+/// STE.S2OR0 `[43:42]`.
 pub const STRTAB_STE_2_S2OR0: u64 = genmask(43, 42);
-/// STE.S2SH0 [45:44].
+/// STE.S2SH0 `[45:44]`.
 pub const STRTAB_STE_2_S2SH0: u64 = genmask(45, 44);
-/// STE.S2TG [47:46] (0 = 4KB, 1 = 64KB, 2 = 16KB).
+/// STE.S2TG `[47:46]` (0 = 4KB, 1 = 64KB, 2 = 16KB).
 pub const STRTAB_STE_2_S2TG: u64 = genmask(47, 46);
-/// STE.S2PS [50:48].
+/// STE.S2PS `[50:48]`.
 pub const STRTAB_STE_2_S2PS: u64 = genmask(50, 48);
 /// STE.S2AA64: stage-2 tables are AArch64.
 pub const STRTAB_STE_2_S2AA64: u64 = 1 << 51;
@@ -114,13 +114,13 @@ pub const STRTAB_STE_2_S2S: u64 = 1 << 57;
 pub const STRTAB_STE_2_S2R: u64 = 1 << 58;
 
 // Word 3.
-/// STE.S2TTB [51:4].
+/// STE.S2TTB `[51:4]`.
 pub const STRTAB_STE_3_S2TTB: u64 = genmask(51, 4);
 
 // Level-1 stream table descriptor (§5.1).
-/// L1STD.Span [4:0]: 0 = invalid, otherwise the L2 table holds 2^(Span-1) STEs.
+/// L1STD.Span `[4:0]`: 0 = invalid, otherwise the L2 table holds 2^(Span-1) STEs.
 pub const STRTAB_L1_DESC_SPAN: u64 = genmask(4, 0);
-/// L1STD.L2Ptr [51:6].
+/// L1STD.L2Ptr `[51:6]`.
 pub const STRTAB_L1_DESC_L2PTR: u64 = genmask(51, 6);
 
 /// Encode a level-1 stream table descriptor for an L2 table of `2^split` STEs.
@@ -466,8 +466,6 @@ impl Ste {
     }
 }
 
-use crate::features::StallModel;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,7 +480,14 @@ mod tests {
         // 2-level strtab; SSIDSIZE 20, SIDSIZE 16; 48-bit OAS, 4K granule.
         Features::decode(&IdRegs {
             idr: [
-                0x3 | (2 << 2) | (1 << 4) | (1 << 9) | (1 << 12) | (1 << 18) | (1 << 19) | (2 << 21) | (1 << 27),
+                0x3 | (2 << 2)
+                    | (1 << 4)
+                    | (1 << 9)
+                    | (1 << 12)
+                    | (1 << 18)
+                    | (1 << 19)
+                    | (2 << 21)
+                    | (1 << 27),
                 (8 << 21) | (8 << 16) | (20 << 6) | 16,
                 0,
                 1 << 10,
@@ -581,7 +586,11 @@ mod tests {
         assert_eq!((n.0[0] >> 1) & 7, 0b111);
         assert_eq!(n.0[0] & STRTAB_STE_0_S1CTXPTR, 0x4000_0040);
         assert_eq!(n.0[2], w2);
-        assert!(Ste::build(&StreamConfig::Nested(Stage1Ste::single_cd(PhysAddr(0x40)), s2), &full()).is_ok());
+        assert!(Ste::build(
+            &StreamConfig::Nested(Stage1Ste::single_cd(PhysAddr(0x40)), s2),
+            &full()
+        )
+        .is_ok());
     }
 
     #[test]
@@ -604,7 +613,10 @@ mod tests {
             Err(Error::Unsupported(Unsupported::Stage2))
         );
         assert_eq!(
-            Ste::build(&StreamConfig::Nested(Stage1Ste::single_cd(PhysAddr(0x40)), s2), &f),
+            Ste::build(
+                &StreamConfig::Nested(Stage1Ste::single_cd(PhysAddr(0x40)), s2),
+                &f
+            ),
             Err(Error::Unsupported(Unsupported::Nested))
         );
         let table = Stage1Ste {
@@ -632,10 +644,17 @@ mod tests {
             Err(Error::Unsupported(Unsupported::Stall))
         );
         assert_eq!(
-            Ste::build(&StreamConfig::Stage1(Stage1Ste::single_cd(PhysAddr(0x1010))), &f),
+            Ste::build(
+                &StreamConfig::Stage1(Stage1Ste::single_cd(PhysAddr(0x1010))),
+                &f
+            ),
             Err(Error::Misaligned)
         );
-        assert!(Ste::build(&StreamConfig::Stage1(Stage1Ste::single_cd(PhysAddr(0x1040))), &f).is_ok());
+        assert!(Ste::build(
+            &StreamConfig::Stage1(Stage1Ste::single_cd(PhysAddr(0x1040))),
+            &f
+        )
+        .is_ok());
         // With full hardware the same requests pass.
         let g = full();
         assert!(Ste::build(&StreamConfig::Stage2(s2), &g).is_ok());

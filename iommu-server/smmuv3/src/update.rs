@@ -27,8 +27,8 @@
 
 use crate::cd::{Cd, CTXDESC_CD_0_V};
 use crate::error::Result;
-use crate::ste::{Ste, STRTAB_STE_0_CFG, STRTAB_STE_0_CFG_ABORT, STRTAB_STE_0_V};
 use crate::regs::field_prep;
+use crate::ste::{Ste, STRTAB_STE_0_CFG, STRTAB_STE_0_CFG_ABORT, STRTAB_STE_0_V};
 
 /// Words in an STE or CD.
 pub const ENTRY_WORDS: usize = 8;
@@ -50,7 +50,9 @@ impl EntryKind for SteKind {
         Ste(*words).used_bits()
     }
     fn quiesce(w0: u64) -> u64 {
-        (w0 & !STRTAB_STE_0_CFG) | STRTAB_STE_0_V | field_prep(STRTAB_STE_0_CFG, STRTAB_STE_0_CFG_ABORT)
+        (w0 & !STRTAB_STE_0_CFG)
+            | STRTAB_STE_0_V
+            | field_prep(STRTAB_STE_0_CFG, STRTAB_STE_0_CFG_ABORT)
     }
 }
 
@@ -79,7 +81,10 @@ pub trait EntryTarget {
 
 /// Update the entry at `t` to `target` following the rules in the module docs.
 /// Returns the number of syncs issued.
-pub fn update_entry<K: EntryKind, T: EntryTarget>(t: &mut T, target: &[u64; ENTRY_WORDS]) -> Result<usize> {
+pub fn update_entry<K: EntryKind, T: EntryTarget>(
+    t: &mut T,
+    target: &[u64; ENTRY_WORDS],
+) -> Result<usize> {
     let mut cur = [0u64; ENTRY_WORDS];
     for (i, w) in cur.iter_mut().enumerate() {
         *w = t.read(i);
@@ -197,7 +202,11 @@ mod tests {
             self.mem[i] = value;
             self.writes += 1;
             let v = view::<K>(&self.mem);
-            assert!(self.allowed.contains(&v), "torn entry exposed: {:x?}", self.mem);
+            assert!(
+                self.allowed.contains(&v),
+                "torn entry exposed: {:x?}",
+                self.mem
+            );
         }
         fn sync(&mut self) -> Result<()> {
             self.syncs += 1;
@@ -316,7 +325,9 @@ mod tests {
                 self.0[i] = v;
             }
             fn sync(&mut self) -> Result<()> {
-                Err(crate::Error::Timeout(crate::error::TimeoutKind::CommandSync))
+                Err(crate::Error::Timeout(
+                    crate::error::TimeoutKind::CommandSync,
+                ))
             }
         }
         let mut f = Failing(Ste::abort().0);
