@@ -181,10 +181,15 @@ pub enum IommuRequest {
         cookie: u64,
         code: PageResponseCode,
     },
+    /// Allocate a private PASID (not tied to an address space) usable by the device, for
+    /// `Attach` with a PASID. Reply: [`IommuReply::PasidAllocated`].
+    AllocPasid { device: DeviceId },
+    /// Free a private PASID; it must be detached first (else `Busy`). Reply: `Done`.
+    FreePasid { pasid: Pasid },
 }
 
 impl IommuRequest {
-    const COUNT: u16 = 14;
+    const COUNT: u16 = 16;
 }
 
 impl Request for IommuRequest {
@@ -205,6 +210,8 @@ impl Request for IommuRequest {
                 IommuRequest::AllocFaultQueue { .. } => 11,
                 IommuRequest::FreeFaultQueue { .. } => 12,
                 IommuRequest::PageResponse { .. } => 13,
+                IommuRequest::AllocPasid { .. } => 14,
+                IommuRequest::FreePasid { .. } => 15,
             }
     }
 
@@ -223,5 +230,6 @@ pub enum IommuReply {
     Unmapped { length: u64 },
     Bound { pasid: Pasid },
     FaultQueueAllocated { queue: FaultQueueId },
+    PasidAllocated { pasid: Pasid },
     Done,
 }

@@ -5,6 +5,7 @@
 //! - [`iommu`]: requests and replies of iommu-server.
 //! - [`records`]: fixed-layout records shared through memory (faults, ring headers).
 //! - [`client`]: a typed call over any [`platform::ClientEndpoint`].
+//! - [`server`]: the request loop of every server ([`server::Service`]).
 //! - [`Error`]: the one error enum of every server.
 //!
 //! Messages are serde + postcard; records are zerocopy structs. Decoding arbitrary bytes
@@ -17,6 +18,7 @@ pub mod error;
 pub mod iommu;
 pub mod pasid;
 pub mod records;
+pub mod server;
 pub mod wire;
 
 pub use error::Error;

@@ -107,6 +107,8 @@ fn iommu_requests() -> Vec<IommuRequest> {
             cookie: u64::MAX,
             code: PageResponseCode::Invalid,
         },
+        IommuRequest::AllocPasid { device },
+        IommuRequest::FreePasid { pasid: 0x1234 },
     ]
 }
 
@@ -275,7 +277,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_messages_never_panic(
-        which in 0usize..26,
+        which in 0usize..28,
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
         cut in any::<usize>(),
     ) {

@@ -50,48 +50,33 @@ mod server;
 
 pub use server::{CallerPolicy, Config, PasidServer};
 
-use ipc_protocol::pasid::PasidRequest;
-use ipc_protocol::{decode_request, encode_reply, MAX_MESSAGE_BYTES};
+use ipc_protocol::pasid::{PasidReply, PasidRequest};
+use ipc_protocol::server::Service;
+use ipc_protocol::{Error, MAX_MESSAGE_BYTES};
 use platform::{Badge, ServerEndpoint};
 
+impl Service for PasidServer {
+    type Request = PasidRequest;
+    type Reply = PasidReply;
+
+    fn handle(&mut self, badge: Badge, request: &PasidRequest) -> Result<PasidReply, Error> {
+        PasidServer::handle(self, badge, request)
+    }
+}
+
 impl PasidServer {
-    /// Decodes one request, handles it and encodes the reply into `reply`; returns the
-    /// reply's length. Every input, however malformed, gets a reply.
+    /// Decodes, handles and answers one request (see [`ipc_protocol::server`]).
     pub fn handle_message(
         &mut self,
         badge: Badge,
         request: &[u8],
         reply: &mut [u8; MAX_MESSAGE_BYTES],
     ) -> usize {
-        let decoded = decode_request::<PasidRequest>(request);
-        let result = decoded.request.and_then(|r| self.handle(badge, &r));
-        match encode_reply(decoded.label, result.as_ref().map_err(|e| *e), reply) {
-            Ok(n) => n,
-            // Every reply fits MAX_MESSAGE_BYTES (checked by a test); should one not, the
-            // caller still gets an answer.
-            Err(e) => encode_reply::<()>(decoded.label, Err(e), reply).unwrap_or(0),
-        }
+        ipc_protocol::server::handle_message(self, badge, request, reply)
     }
 
     /// Serves requests from `endpoint` until it stops delivering them; returns why.
-    /// Bad requests are answered with an error and do not stop the loop.
     pub fn serve<E: ServerEndpoint>(&mut self, endpoint: &mut E) -> E::Error {
-        let mut request = [0u8; MAX_MESSAGE_BYTES];
-        let mut reply = [0u8; MAX_MESSAGE_BYTES];
-        loop {
-            let (badge, len) = match endpoint.recv(&mut request) {
-                Ok(r) => r,
-                Err(e) => return e,
-            };
-            let n = if len > request.len() {
-                // Too long to be any request: answered as malformed.
-                let label = u16::from_le_bytes([request[2], request[3]]);
-                encode_reply::<()>(label, Err(ipc_protocol::Error::BadMessage), &mut reply)
-                    .unwrap_or(0)
-            } else {
-                self.handle_message(badge, &request[..len], &mut reply)
-            };
-            endpoint.reply(&reply[..n]);
-        }
+        ipc_protocol::server::serve(self, endpoint)
     }
 }
