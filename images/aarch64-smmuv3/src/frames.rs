@@ -166,7 +166,14 @@ impl FrameAllocator {
 
     /// Allocates a DMA buffer of `len` bytes (page-aligned, zeroed).
     pub fn alloc_dma(&mut self, len: usize) -> Result<DmaBuffer, OutOfMemory> {
-        let phys = self.alloc(len as u64, PAGE_SIZE)?;
+        self.alloc_dma_aligned(len, PAGE_SIZE)
+    }
+
+    /// Allocates a DMA buffer of `len` bytes aligned to `align` (a power of
+    /// two, at least a page), zeroed; for example a 2 MiB block an IOMMU
+    /// maps with one descriptor.
+    pub fn alloc_dma_aligned(&mut self, len: usize, align: u64) -> Result<DmaBuffer, OutOfMemory> {
+        let phys = self.alloc(len as u64, align)?;
         Ok(DmaBuffer { phys, len })
     }
 }

@@ -12,8 +12,9 @@ use crate::pci::{Bdf, Topology};
 use crate::platform::{Interrupt, PciHost};
 use crate::time::Clock;
 
-/// The SMMUv3 as the device tree describes it.  The image leaves it as it
-/// was at reset (SMMUEN = 0: DMA bypasses translation on QEMU).
+/// The SMMUv3 as the device tree describes it.  Between scenarios it is
+/// disabled (SMMUEN = 0: DMA bypasses translation on QEMU); the SMMU
+/// scenarios program it with the `smmuv3` driver (`smmu_rig`).
 #[derive(Clone, Debug)]
 pub struct SmmuInfo {
     /// All registers: page 0 at offset 0, page 1 at `page_size`.

@@ -225,7 +225,8 @@ fn setup_and_run(
             );
             Some(SmmuInfo {
                 // SAFETY: the SMMU's register region was just mapped as Device
-                // memory; the image only reads it.
+                // memory; this accessor only reads it (the SMMU scenarios
+                // program the SMMU through the `smmuv3` driver, one at a time).
                 regs: unsafe { Mmio::new(node.regs.base as usize, node.regs.size as usize) },
                 base: node.regs.base,
                 size: node.regs.size,

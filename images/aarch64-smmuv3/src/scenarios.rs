@@ -1,5 +1,7 @@
-//! Scenarios that need no IOMMU driver: the SMMU stays as reset left it
-//! (SMMUEN = 0), where QEMU lets DMA bypass translation.
+//! The scenario list, and the scenarios that need no IOMMU driver: for
+//! those the SMMU is as reset left it (SMMUEN = 0), where QEMU lets DMA
+//! bypass translation. The SMMUv3 scenarios are in `smmu_scenarios`; each
+//! turns translation off again when it ends.
 
 use alloc::format;
 use alloc::string::String;
@@ -11,6 +13,7 @@ use crate::frames::DmaBuffer;
 use crate::harness::{Context, EduDevice, Scenario, Verdict};
 use crate::pci::BarKind;
 use crate::platform::Platform;
+use crate::smmu_scenarios;
 
 /// The scenarios, in the order they run.
 pub const ALL: &[Scenario] = &[
@@ -23,20 +26,70 @@ pub const ALL: &[Scenario] = &[
         run: edu_dma_untranslated,
     },
     Scenario {
+        name: "smmu-translated-dma",
+        run: smmu_scenarios::translated_dma,
+    },
+    Scenario {
+        name: "smmu-fault-translation",
+        run: smmu_scenarios::fault_translation,
+    },
+    Scenario {
+        name: "smmu-fault-permission",
+        run: smmu_scenarios::fault_permission,
+    },
+    Scenario {
+        name: "smmu-unmap-invalidates",
+        run: smmu_scenarios::unmap_invalidates,
+    },
+    Scenario {
+        name: "smmu-abort-ste",
+        run: smmu_scenarios::abort_ste,
+    },
+    Scenario {
+        name: "smmu-bypass-ste",
+        run: smmu_scenarios::bypass_ste,
+    },
+    Scenario {
+        name: "smmu-invalid-ste",
+        run: smmu_scenarios::invalid_ste,
+    },
+    Scenario {
+        name: "smmu-isolation",
+        run: smmu_scenarios::isolation,
+    },
+    Scenario {
+        name: "smmu-event-flood",
+        run: smmu_scenarios::event_flood,
+    },
+    Scenario {
+        name: "smmu-domain-lifecycle",
+        run: smmu_scenarios::domain_lifecycle,
+    },
+    Scenario {
+        name: "smmu-command-error",
+        run: smmu_scenarios::command_error,
+    },
+    // Last of the SMMU scenarios: once a two-level stream table was
+    // configured, QEMU treats every later table as two-level (smmu_rig).
+    Scenario {
+        name: "smmu-default-config",
+        run: smmu_scenarios::default_config,
+    },
+    Scenario {
         name: "dtb-parser-robustness",
         run: dtb_parser_robustness,
     },
 ];
 
 /// A deterministic byte stream (xorshift32).
-struct Pattern(u32);
+pub(crate) struct Pattern(u32);
 
 impl Pattern {
-    fn new(seed: u32) -> Self {
+    pub(crate) fn new(seed: u32) -> Self {
         Self(seed | 1)
     }
 
-    fn next_u32(&mut self) -> u32 {
+    pub(crate) fn next_u32(&mut self) -> u32 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 17;
@@ -45,7 +98,7 @@ impl Pattern {
         x
     }
 
-    fn next_u8(&mut self) -> u8 {
+    pub(crate) fn next_u8(&mut self) -> u8 {
         (self.next_u32() >> 24) as u8
     }
 }

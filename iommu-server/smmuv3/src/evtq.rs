@@ -19,6 +19,22 @@ pub struct DrainReport {
     pub events: u32,
     /// The SMMU reported an overflow since the previous drain: records were lost.
     pub overflowed: bool,
+    /// The queue was full when read: the SMMU had no room for further records until this
+    /// drain (an SMMU following §7.4 then also reports `overflowed` if it had to drop one).
+    pub full: bool,
+    /// SMMU_GERROR.EVENTQ_ABT_ERR was active: the SMMU failed to write a record, which was
+    /// lost. QEMU 7.2 reports a record dropped on a full queue this way instead of
+    /// toggling PROD.OVFLG. Set (and acknowledged) by
+    /// [`Smmu::drain_events`](crate::Smmu::drain_events); [`EventQueue::drain`] alone
+    /// leaves it false.
+    pub write_aborted: bool,
+}
+
+impl DrainReport {
+    /// Records were lost: an overflow or an event queue write abort was reported.
+    pub fn lost_records(&self) -> bool {
+        self.overflowed || self.write_aborted
+    }
 }
 
 /// The event queue.
@@ -101,8 +117,10 @@ impl EventQueue {
             self.overflows += 1;
         }
         let prod_iw = self.q.idx_wrap(prod);
+        let used = self.q.used(prod_iw, self.cons);
+        report.full = used >= self.q.entries();
         // A corrupt PROD cannot make the reader take more than one queue's worth.
-        let mut n = self.q.used(prod_iw, self.cons).min(self.q.entries());
+        let mut n = used.min(self.q.entries());
         while n > 0 {
             let i = self.q.idx(self.cons) as usize * 4;
             let w = [
@@ -178,7 +196,7 @@ mod tests {
                 rep,
                 DrainReport {
                     events: 3,
-                    overflowed: false
+                    ..DrainReport::default()
                 }
             );
             assert_eq!(r.read32(regs::EVENTQ_CONS), prod, "CONS acknowledges");
@@ -208,9 +226,12 @@ mod tests {
             rep,
             DrainReport {
                 events: 4,
-                overflowed: true
+                overflowed: true,
+                full: true,
+                write_aborted: false,
             }
         );
+        assert!(rep.lost_records());
         assert_eq!(
             r.read32(regs::EVENTQ_CONS),
             Q_OVERFLOW_FLAG | 4,
@@ -228,7 +249,8 @@ mod tests {
             rep,
             DrainReport {
                 events: 1,
-                overflowed: true
+                overflowed: true,
+                ..DrainReport::default()
             }
         );
         assert_eq!(r.read32(regs::EVENTQ_CONS), 5);

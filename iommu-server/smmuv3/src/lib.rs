@@ -109,7 +109,9 @@
 //! no CD2L, no ATS/PRI (PRIQS = 0), no stall (S1STALLD must stay 0), no HTTU (HA/HD
 //! refused), no MSI, no VMID16. It supports RIL, so unmaps use range invalidation.
 //! QEMU masks a linear stream table's base with the table size, so tables are aligned
-//! to their size.
+//! to their size. QEMU 7.2 never toggles EVENTQ_PROD.OVFLG: a record that does not fit
+//! in the event queue is dropped and GERROR.EVENTQ_ABT_ERR raised instead, which
+//! [`Smmu::drain_events`] reports (`write_aborted`) and acknowledges.
 
 #![no_std]
 #![warn(missing_docs)]

@@ -556,9 +556,24 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
         Ok(())
     }
 
-    /// Hand pending event records to `f` and acknowledge them (reports lost records).
+    /// Hand pending event records to `f` and acknowledge them. Reports lost records: a
+    /// PROD.OVFLG toggle (`overflowed`) or an active GERROR.EVENTQ_ABT_ERR
+    /// (`write_aborted`), which is acknowledged once the queue has been drained, so that
+    /// the next loss is reported again and command queue waits do not see it as a
+    /// pending global error.
     pub fn drain_events(&mut self, f: impl FnMut(Event)) -> DrainReport {
-        self.evtq.drain(&mut self.regs, f)
+        let gerror = self.regs.read32(regs::GERROR);
+        let gerrorn = self.regs.read32(regs::GERRORN);
+        let aborted = (gerror ^ gerrorn) & regs::GERROR_EVENTQ_ABT_ERR != 0;
+        let mut report = self.evtq.drain(&mut self.regs, f);
+        if aborted {
+            // The records before the failed write were handed out and the queue has room
+            // again: acknowledge the error.
+            self.regs
+                .write32(regs::GERRORN, gerrorn ^ regs::GERROR_EVENTQ_ABT_ERR);
+            report.write_aborted = true;
+        }
+        report
     }
 
     /// Active global errors (GERROR ^ GERRORN).
@@ -568,7 +583,8 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
 
     /// Acknowledge active global errors other than CMDQ_ERR (which the command queue
     /// recovers itself) by toggling them in GERRORN; returns the bits acknowledged. Call
-    /// after handling them (for example EVENTQ_ABT_ERR after checking the event queue).
+    /// after handling them ([`drain_events`](Self::drain_events) already acknowledges
+    /// EVENTQ_ABT_ERR).
     pub fn ack_global_errors(&mut self) -> u32 {
         let gerror = self.regs.read32(regs::GERROR);
         let gerrorn = self.regs.read32(regs::GERRORN);

@@ -457,3 +457,30 @@ fn events_are_drained_and_decoded() {
     let r = s.drain_events(|_| {});
     assert_eq!((r.events, r.overflowed), (0, false));
 }
+
+#[test]
+fn event_queue_write_abort_is_reported_and_acknowledged() {
+    // QEMU 7.2 drops a record on a full queue without toggling PROD.OVFLG and raises
+    // GERROR.EVENTQ_ABT_ERR instead: the drain must report the loss and acknowledge it.
+    let mut s = smmu(); // 8-entry event queue
+    for k in 0..8u64 {
+        s.regs_mut()
+            .push_event([0x10 | (0x10 << 32), 0, 0x1000 + 4 * k, 0]);
+    }
+    s.regs_mut().raise_gerror(regs::GERROR_EVENTQ_ABT_ERR);
+    assert_eq!(s.global_errors(), regs::GERROR_EVENTQ_ABT_ERR);
+    let r = s.drain_events(|_| {});
+    assert_eq!(r.events, 8);
+    assert!(r.full, "the queue was full");
+    assert!(!r.overflowed, "OVFLG did not toggle");
+    assert!(r.write_aborted && r.lost_records());
+    assert_eq!(s.global_errors(), 0, "EVENTQ_ABT_ERR acknowledged");
+    // Commands work with the error acknowledged, and the next drain is clean.
+    s.command_sync(&[Command::CfgiAll]).unwrap();
+    let r = s.drain_events(|_| panic!("no events"));
+    assert!(!r.full && !r.lost_records());
+    // A later abort is reported again.
+    s.regs_mut().raise_gerror(regs::GERROR_EVENTQ_ABT_ERR);
+    assert!(s.drain_events(|_| {}).write_aborted);
+    assert_eq!(s.global_errors(), 0);
+}
