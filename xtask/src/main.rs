@@ -10,6 +10,7 @@
 //! ```
 
 mod images;
+mod sel4;
 mod setup;
 mod util;
 
@@ -85,6 +86,7 @@ fn test() -> Result<(), Fail> {
         ),
         ("host tests", Box::new(|| cargo(&["test", "--workspace"]))),
         ("fuzz target", Box::new(fuzz_corpus)),
+        ("sel4 bindings", Box::new(sel4_bindings)),
         (
             "scenarios",
             Box::new(|| {
@@ -144,6 +146,22 @@ fn fuzz_corpus() -> Result<(), Fail> {
     }
     println!("running {count} corpus inputs through the fuzz target");
     util::run(std::process::Command::new(bin).arg("-runs=0").arg(&corpus))
+}
+
+/// Builds the seL4 kernel (cached) and tests the bindings generated from its tree and
+/// configuration, including a comparison with the kernel's own generated headers.
+fn sel4_bindings() -> Result<(), Fail> {
+    let kernel = sel4::build_kernel()?;
+    let manifest = root().join("sel4/sys/Cargo.toml");
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root())
+        .args(["test", "--quiet", "--manifest-path"])
+        .arg(&manifest);
+    for (key, value) in kernel.bindings_env() {
+        cmd.env(key, value);
+    }
+    util::run(&mut cmd)
 }
 
 fn demo() -> Result<(), Fail> {
