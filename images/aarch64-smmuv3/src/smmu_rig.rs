@@ -220,7 +220,7 @@ impl Rig {
         // checked above to hold both pages), and only this driver programs
         // the SMMU while the rig exists (scenarios run one at a time and the
         // previous rig was dropped).
-        let regs = unsafe { smmuv3::Mmio::new(base as usize as *mut u8) };
+        let regs = unsafe { smmuv3::Mmio::new(base as usize as *mut u8, smmuv3::regs::FRAME_SIZE) };
         let config = SmmuConfig {
             cmdq_log2: 8,
             evtq_log2: cfg.evtq_log2,

@@ -10,7 +10,9 @@
 //! # Modules
 //! - [`regs`]: register offsets and fields (page 0 and page 1), the [`RegisterIo`] seam
 //!   (volatile [`Mmio`] on hardware, fakes on the host) and poll timeouts
-//!   ([`PollTimeout`], [`PollBudget`], [`Deadline`]).
+//!   ([`PollTimeout`], [`PollBudget`], [`Deadline`]); the seam, the timeouts and the
+//!   memory seam below are shared with the VT-d driver through the `iommu-hwio` crate
+//!   and re-exported here.
 //! - [`features`]: SMMU_IDR0..5/AIDR decoded into [`Features`]; helpers that refuse what
 //!   the hardware lacks.
 //! - [`mem`]: the [`DmaMemory`] seam for tables and queues; [`IdentityHeap`] for the host
@@ -30,7 +32,7 @@
 //!
 //! # Use on bare metal
 //! A QEMU image reads the SMMU's base from the device tree, wraps it in [`Mmio`]
-//! (`unsafe { Mmio::new(base) }`), supplies memory through [`DmaMemory`] (for example
+//! (`unsafe { Mmio::new(base, regs::FRAME_SIZE) }`), supplies memory through [`DmaMemory`] (for example
 //! [`IdentityHeap`] over identity-mapped RAM) and a timeout ([`PollBudget`], or
 //! [`Deadline`] over `regs::GenericTimer` on aarch64). The same calls, here against a
 //! minimal register model whose command queue completes instantly:

@@ -1,30 +1,26 @@
 //! SMMUv3 register map (SMMUv3 spec, IHI 0070, chapter 6: §6.2 "Register overview",
-//! §6.3 "Register formats"), field helpers, and the register access seam.
+//! §6.3 "Register formats"), with the field helpers, the register access seam and the
+//! poll timeouts of [`iommu_hwio`] re-exported.
 //!
 //! Registers live in two 64KB pages: page 0 holds control, the stream table and the
 //! command queue; page 1 (at [`PAGE1`]) holds the event and PRI queue producer and
 //! consumer indices. Names follow the spec (`SMMU_CR0` becomes [`CR0`], field
-//! `SMMU_CR0.SMMUEN` becomes [`CR0_SMMUEN`]).
+//! `SMMU_CR0.SMMUEN` becomes [`CR0_SMMUEN`]). Offsets given to [`RegisterIo`] are from the
+//! start of page 0 (page 1 registers include [`PAGE1`]); wrap the frame in [`Mmio`] with
+//! its length [`FRAME_SIZE`].
 
-/// Mask of bits `hi..=lo` of a 64-bit value.
-pub const fn genmask(hi: u32, lo: u32) -> u64 {
-    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
-}
-
-/// Place `value` into the field described by `mask` (value is truncated to the field).
-#[inline(always)]
-pub const fn field_prep(mask: u64, value: u64) -> u64 {
-    (value << mask.trailing_zeros()) & mask
-}
-
-/// Extract the field described by `mask`.
-#[inline(always)]
-pub const fn field_get(mask: u64, value: u64) -> u64 {
-    (value & mask) >> mask.trailing_zeros()
-}
+pub use iommu_hwio::bits::{field_get, field_prep, genmask};
+pub use iommu_hwio::mmio::{Mmio, RegisterIo};
+pub(crate) use iommu_hwio::poll::poll_until;
+#[cfg(target_arch = "aarch64")]
+pub use iommu_hwio::poll::GenericTimer;
+pub use iommu_hwio::poll::{Clock, Deadline, PollBudget, PollTimeout};
 
 /// Offset of register page 1 (SMMUv3 spec §6.2).
 pub const PAGE1: usize = 0x1_0000;
+/// Length of the SMMU's register frame: both 64KB pages (the `reg` size to map and to
+/// give [`Mmio::new`]).
+pub const FRAME_SIZE: usize = 2 * PAGE1;
 
 // --- Identification registers (§6.3.1 - §6.3.8) ---
 /// SMMU_IDR0 (§6.3.1).
@@ -194,230 +190,9 @@ pub const CMDQ_CONS_ERR: u32 = 0x7f << 24;
 /// EVENTQ_PROD.OVFLG (bit 31) / EVENTQ_CONS.OVACKFLG (bit 31).
 pub const Q_OVERFLOW_FLAG: u32 = 1 << 31;
 
-/// Register access seam: bare metal uses [`Mmio`], host tests a recording fake.
-///
-/// Offsets are byte offsets from the start of register page 0 (page 1 registers
-/// include [`PAGE1`]).
-pub trait RegisterIo {
-    /// 32-bit register read.
-    fn read32(&mut self, offset: usize) -> u32;
-    /// 32-bit register write.
-    fn write32(&mut self, offset: usize, value: u32);
-    /// 64-bit register read.
-    fn read64(&mut self, offset: usize) -> u64;
-    /// 64-bit register write.
-    fn write64(&mut self, offset: usize, value: u64);
-    /// Make every earlier CPU write to normal memory (tables, queue entries) visible to
-    /// the SMMU before any later register write: called before publishing a producer
-    /// index or enabling the SMMU.
-    fn publish_barrier(&mut self) {
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-    }
-    /// Order a register read that reports the SMMU's progress (a producer index) before
-    /// later CPU reads of memory the SMMU wrote (queue entries).
-    fn consume_barrier(&mut self) {
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Volatile MMIO access to a memory-mapped SMMU (both 64KB register pages).
-#[derive(Debug)]
-pub struct Mmio {
-    base: *mut u8,
-}
-
-// SAFETY: `Mmio` only holds the address of device registers; moving it to another thread
-// does not create aliasing of Rust-managed memory.
-unsafe impl Send for Mmio {}
-
-impl Mmio {
-    /// Wrap the register block at `base` (for example the address from the device tree's
-    /// `reg` property of the `arm,smmu-v3` node, identity-mapped as device memory).
-    ///
-    /// # Safety
-    /// `base` must point to the SMMU's 128KB register frame, mapped as device memory for
-    /// the lifetime of the returned value, and no other code may program the SMMU.
-    pub const unsafe fn new(base: *mut u8) -> Self {
-        Self { base }
-    }
-
-    /// The base address.
-    pub fn base(&self) -> *mut u8 {
-        self.base
-    }
-}
-
-impl RegisterIo for Mmio {
-    fn read32(&mut self, offset: usize) -> u32 {
-        debug_assert!(offset < 2 * PAGE1 && offset & 3 == 0);
-        // SAFETY: `new` guarantees `base` maps the 128KB register frame; offsets are the
-        // architected register offsets inside it and 4-byte aligned.
-        unsafe { core::ptr::read_volatile(self.base.add(offset) as *const u32) }
-    }
-
-    fn write32(&mut self, offset: usize, value: u32) {
-        debug_assert!(offset < 2 * PAGE1 && offset & 3 == 0);
-        // SAFETY: as in `read32`.
-        unsafe { core::ptr::write_volatile(self.base.add(offset) as *mut u32, value) }
-    }
-
-    fn read64(&mut self, offset: usize) -> u64 {
-        debug_assert!(offset < 2 * PAGE1 && offset & 7 == 0);
-        // SAFETY: as in `read32`; 64-bit registers are 8-byte aligned and the SMMU
-        // supports 64-bit single-copy atomic access to them (§6.2).
-        unsafe { core::ptr::read_volatile(self.base.add(offset) as *const u64) }
-    }
-
-    fn write64(&mut self, offset: usize, value: u64) {
-        debug_assert!(offset < 2 * PAGE1 && offset & 7 == 0);
-        // SAFETY: as in `read64`.
-        unsafe { core::ptr::write_volatile(self.base.add(offset) as *mut u64, value) }
-    }
-
-    fn publish_barrier(&mut self) {
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: a data memory barrier has no memory-safety effect; outer-shareable store
-        // ordering makes table/queue writes visible to the SMMU before the register write.
-        unsafe {
-            core::arch::asm!("dmb oshst", options(nostack, preserves_flags))
-        };
-        #[cfg(not(target_arch = "aarch64"))]
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn consume_barrier(&mut self) {
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: a data memory barrier has no memory-safety effect; it orders the index
-        // read before reads of queue entries the SMMU wrote.
-        unsafe {
-            core::arch::asm!("dmb oshld", options(nostack, preserves_flags))
-        };
-        #[cfg(not(target_arch = "aarch64"))]
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// How long a poll on the hardware may go on. Every wait in the driver calls
-/// [`start`](PollTimeout::start) once and then [`expired`](PollTimeout::expired) after
-/// each unsuccessful poll, reporting [`Error::Timeout`](crate::Error::Timeout) when it
-/// returns true.
-pub trait PollTimeout {
-    /// A new wait begins.
-    fn start(&mut self);
-    /// One more unsuccessful poll happened; true once the wait must give up.
-    fn expired(&mut self) -> bool;
-}
-
-/// A timeout counted in polls (no time source needed).
-#[derive(Clone, Copy, Debug)]
-pub struct PollBudget {
-    max_polls: u64,
-    polls: u64,
-}
-
-impl PollBudget {
-    /// Give up after `max_polls` unsuccessful polls.
-    pub const fn new(max_polls: u64) -> Self {
-        Self {
-            max_polls,
-            polls: 0,
-        }
-    }
-}
-
-impl PollTimeout for PollBudget {
-    fn start(&mut self) {
-        self.polls = 0;
-    }
-    fn expired(&mut self) -> bool {
-        self.polls += 1;
-        self.polls > self.max_polls
-    }
-}
-
-/// A monotonic time source in nanoseconds (for example CNTVCT_EL0 scaled by CNTFRQ_EL0).
-pub trait Clock {
-    /// Current time in nanoseconds.
-    fn now_ns(&mut self) -> u64;
-}
-
-/// A timeout measured with a [`Clock`].
-#[derive(Clone, Copy, Debug)]
-pub struct Deadline<C: Clock> {
-    clock: C,
-    limit_ns: u64,
-    started: u64,
-}
-
-impl<C: Clock> Deadline<C> {
-    /// Give up once `limit_ns` nanoseconds passed since the wait began.
-    pub const fn new(clock: C, limit_ns: u64) -> Self {
-        Self {
-            clock,
-            limit_ns,
-            started: 0,
-        }
-    }
-}
-
-impl<C: Clock> PollTimeout for Deadline<C> {
-    fn start(&mut self) {
-        self.started = self.clock.now_ns();
-    }
-    fn expired(&mut self) -> bool {
-        self.clock.now_ns().wrapping_sub(self.started) > self.limit_ns
-    }
-}
-
-/// The Arm generic timer's virtual counter (CNTVCT_EL0 / CNTFRQ_EL0) as a [`Clock`],
-/// for bare-metal images.
-#[cfg(target_arch = "aarch64")]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GenericTimer;
-
-#[cfg(target_arch = "aarch64")]
-impl Clock for GenericTimer {
-    fn now_ns(&mut self) -> u64 {
-        let cnt: u64;
-        let frq: u64;
-        // SAFETY: reading the virtual counter and its frequency has no side effects; the
-        // ISB keeps the counter read from being hoisted above earlier polls.
-        unsafe {
-            core::arch::asm!("isb", "mrs {0}, cntvct_el0", out(reg) cnt, options(nostack));
-            core::arch::asm!("mrs {0}, cntfrq_el0", out(reg) frq, options(nomem, nostack));
-        }
-        (u128::from(cnt) * 1_000_000_000 / u128::from(frq.max(1))) as u64
-    }
-}
-
-/// Poll `done` until it returns true or `timeout` expires.
-pub(crate) fn poll_until<T: PollTimeout>(timeout: &mut T, mut done: impl FnMut() -> bool) -> bool {
-    timeout.start();
-    loop {
-        if done() {
-            return true;
-        }
-        if timeout.expired() {
-            // One last look: the condition may have become true while we were deciding.
-            return done();
-        }
-        core::hint::spin_loop();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn genmask_and_fields() {
-        assert_eq!(genmask(3, 1), 0b1110);
-        assert_eq!(genmask(63, 0), u64::MAX);
-        assert_eq!(genmask(63, 59), 0xf800_0000_0000_0000);
-        assert_eq!(field_prep(genmask(3, 1), 5), 0b1010);
-        assert_eq!(field_prep(genmask(3, 1), 0xff), 0b1110, "value truncated");
-        assert_eq!(field_get(genmask(17, 16), 0x1_0000), 1);
-    }
 
     #[test]
     fn register_offsets_match_spec() {
@@ -438,59 +213,8 @@ mod tests {
     }
 
     #[test]
-    fn mmio_accesses_the_frame() {
-        extern crate std;
-        let mut frame = std::vec![0u64; 2 * PAGE1 / 8];
-        {
-            // SAFETY: the buffer is 128KB, aligned, and outlives `m` (this block).
-            let mut m = unsafe { Mmio::new(frame.as_mut_ptr() as *mut u8) };
-            m.write32(CR0, 0xd);
-            m.write64(STRTAB_BASE, 0x4000_0000_8000_0040);
-            m.write32(EVENTQ_CONS, 0x8000_0003);
-            assert_eq!(m.read32(CR0), 0xd);
-            assert_eq!(m.read64(STRTAB_BASE), 0x4000_0000_8000_0040);
-            assert_eq!(m.read32(STRTAB_BASE + 4), 0x4000_0000);
-            assert_eq!(m.read32(EVENTQ_CONS), 0x8000_0003);
-            m.publish_barrier();
-            m.consume_barrier();
-        }
-        assert_eq!(frame[CR0 / 8] & 0xffff_ffff, 0xd);
-        assert_eq!(frame[EVENTQ_CONS / 8] >> 32, 0x8000_0003);
-    }
-
-    #[test]
-    fn poll_budget_expires_after_limit() {
-        let mut t = PollBudget::new(3);
-        let mut n = 0;
-        assert!(!poll_until(&mut t, || {
-            n += 1;
-            false
-        }));
-        // 3 allowed unsuccessful polls plus the first and the final re-check.
-        assert_eq!(n, 5);
-        let mut k = 0;
-        assert!(poll_until(&mut t, || {
-            k += 1;
-            k == 2
-        }));
-    }
-
-    struct FakeClock(u64);
-    impl Clock for FakeClock {
-        fn now_ns(&mut self) -> u64 {
-            self.0 += 10;
-            self.0
-        }
-    }
-
-    #[test]
-    fn deadline_uses_clock() {
-        let mut d = Deadline::new(FakeClock(0), 100);
-        d.start();
-        let mut polls = 0;
-        while !d.expired() {
-            polls += 1;
-        }
-        assert_eq!(polls, 10);
+    fn frame_holds_both_pages() {
+        assert_eq!(FRAME_SIZE, 0x2_0000);
+        const { assert!(PRIQ_CONS + 4 <= FRAME_SIZE && EVENTQ_CONS + 4 <= FRAME_SIZE) };
     }
 }

@@ -12,7 +12,9 @@
 //!   types skipped; device-scope path resolution through bridges ([`dmar::PciConfig`]).
 //! - [`regs`]: register offsets and fields (§11.4), the [`RegisterIo`] seam (volatile
 //!   [`Mmio`] on hardware, a model in tests) and poll timeouts ([`PollTimeout`],
-//!   [`PollBudget`], [`Deadline`] over a [`Clock`] such as the x86 TSC).
+//!   [`PollBudget`], [`Deadline`] over a [`Clock`] such as the x86 TSC); the seam, the
+//!   timeouts and the memory seam below are shared with the SMMUv3 driver through the
+//!   `iommu-hwio` crate and re-exported here.
 //! - [`caps`]: CAP/ECAP decoded into [`caps::Cap`], [`caps::Ecap`] and [`Features`],
 //!   with checks that refuse what the hardware lacks ([`Unsupported`]).
 //! - [`mem`]: the [`DmaMemory`] seam for tables and queues; [`IdentityHeap`] for the host

@@ -1,5 +1,6 @@
-//! VT-d remapping-hardware register map (VT-d spec §11.4 "Register Descriptions"), field
-//! helpers, the register access seam and poll timeouts.
+//! VT-d remapping-hardware register map (VT-d spec §11.4 "Register Descriptions"), with
+//! the field helpers, the register access seam and the poll timeouts of [`iommu_hwio`]
+//! re-exported.
 //!
 //! Offsets are from the register base reported by the DRHD structure of the ACPI DMAR
 //! table. Names follow the spec: `GCMD_REG` becomes [`GCMD`], field `GCMD_REG.TE`
@@ -8,22 +9,12 @@
 //! Subsection numbers follow the flat register order of spec revision 3.x/4.x
 //! (§11.4.1 VER_REG ... §11.4.35 PECTL_REG); the register name is the reference.
 
-/// Mask of bits `hi..=lo` of a 64-bit value.
-pub const fn genmask(hi: u32, lo: u32) -> u64 {
-    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
-}
-
-/// Place `value` into the field described by `mask` (value is truncated to the field).
-#[inline(always)]
-pub const fn field_prep(mask: u64, value: u64) -> u64 {
-    (value << mask.trailing_zeros()) & mask
-}
-
-/// Extract the field described by `mask`.
-#[inline(always)]
-pub const fn field_get(mask: u64, value: u64) -> u64 {
-    (value & mask) >> mask.trailing_zeros()
-}
+pub use iommu_hwio::bits::{field_get, field_prep, genmask};
+pub use iommu_hwio::mmio::{Mmio, RegisterIo};
+pub(crate) use iommu_hwio::poll::poll_until;
+#[cfg(target_arch = "x86_64")]
+pub use iommu_hwio::poll::Tsc;
+pub use iommu_hwio::poll::{Clock, Deadline, PollBudget, PollTimeout};
 
 // --- §11.4.1 - §11.4.3: identification ---
 /// VER_REG (32-bit, §11.4.1): architecture version, MAX `[7:4]`, MIN `[3:0]`.
@@ -251,220 +242,9 @@ pub const FRCD_SIZE: usize = 16;
 /// FRCD bit 127 (bit 63 of the upper 64-bit half): F, fault; write 1 to clear.
 pub const FRCD_HI_F: u64 = 1 << 63;
 
-/// Register access seam: bare metal uses [`Mmio`], host tests a register model.
-///
-/// Offsets are byte offsets from the remapping unit's register base.
-pub trait RegisterIo {
-    /// 32-bit register read.
-    fn read32(&mut self, offset: usize) -> u32;
-    /// 32-bit register write.
-    fn write32(&mut self, offset: usize, value: u32);
-    /// 64-bit register read.
-    fn read64(&mut self, offset: usize) -> u64;
-    /// 64-bit register write.
-    fn write64(&mut self, offset: usize, value: u64);
-    /// Make earlier writes to memory (tables, queue descriptors) visible to the remapping
-    /// hardware before the next register write. On x86 ordinary stores are not reordered
-    /// with later stores (including uncached MMIO stores), so a compiler fence suffices
-    /// for coherent hardware; non-coherent hardware (ECAP.C = 0) additionally needs cache
-    /// flushes, which callers do through [`crate::mem::DmaMemory::flush`].
-    fn publish_barrier(&mut self) {
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Volatile MMIO access to a remapping unit's register page(s).
-#[derive(Debug)]
-pub struct Mmio {
-    base: *mut u8,
-    size: usize,
-}
-
-// SAFETY: `Mmio` only holds the address of device registers; moving it to another thread
-// does not create aliasing of Rust-managed memory.
-unsafe impl Send for Mmio {}
-
-impl Mmio {
-    /// Wrap the register block at `base`, `size` bytes long (from the DRHD's register base
-    /// and size fields; at least 4KB).
-    ///
-    /// # Safety
-    /// `base` must point to the remapping unit's registers, mapped uncached for `size`
-    /// bytes for the lifetime of the returned value, and no other code may program them.
-    pub const unsafe fn new(base: *mut u8, size: usize) -> Self {
-        Self { base, size }
-    }
-
-    /// The base address.
-    pub fn base(&self) -> *mut u8 {
-        self.base
-    }
-
-    fn check(&self, offset: usize, width: usize) {
-        // Offsets come from this crate's constants or CAP/ECAP fields; a hardware value
-        // pointing outside the mapping would be a broken device, so stop rather than
-        // touch unrelated memory.
-        assert!(
-            offset.is_multiple_of(width) && offset + width <= self.size,
-            "register offset {offset:#x} outside the mapped register block"
-        );
-    }
-}
-
-impl RegisterIo for Mmio {
-    fn read32(&mut self, offset: usize) -> u32 {
-        self.check(offset, 4);
-        // SAFETY: `new` guarantees `base..base+size` maps the registers; `check` keeps the
-        // aligned access inside.
-        unsafe { core::ptr::read_volatile(self.base.add(offset) as *const u32) }
-    }
-
-    fn write32(&mut self, offset: usize, value: u32) {
-        self.check(offset, 4);
-        // SAFETY: as in `read32`.
-        unsafe { core::ptr::write_volatile(self.base.add(offset) as *mut u32, value) }
-    }
-
-    fn read64(&mut self, offset: usize) -> u64 {
-        self.check(offset, 8);
-        // SAFETY: as in `read32`; 64-bit registers are 8-byte aligned and the spec allows
-        // 64-bit accesses to them (§11.4 "Register access").
-        unsafe { core::ptr::read_volatile(self.base.add(offset) as *const u64) }
-    }
-
-    fn write64(&mut self, offset: usize, value: u64) {
-        self.check(offset, 8);
-        // SAFETY: as in `read64`.
-        unsafe { core::ptr::write_volatile(self.base.add(offset) as *mut u64, value) }
-    }
-}
-
-/// How long a poll on the hardware may go on. Every wait calls
-/// [`start`](PollTimeout::start) once and then [`expired`](PollTimeout::expired) after
-/// each unsuccessful poll, reporting [`Error::Timeout`](crate::Error::Timeout) when it
-/// returns true.
-pub trait PollTimeout {
-    /// A new wait begins.
-    fn start(&mut self);
-    /// One more unsuccessful poll happened; true once the wait must give up.
-    fn expired(&mut self) -> bool;
-}
-
-/// A timeout counted in polls (no time source needed).
-#[derive(Clone, Copy, Debug)]
-pub struct PollBudget {
-    max_polls: u64,
-    polls: u64,
-}
-
-impl PollBudget {
-    /// Give up after `max_polls` unsuccessful polls.
-    pub const fn new(max_polls: u64) -> Self {
-        Self {
-            max_polls,
-            polls: 0,
-        }
-    }
-}
-
-impl PollTimeout for PollBudget {
-    fn start(&mut self) {
-        self.polls = 0;
-    }
-    fn expired(&mut self) -> bool {
-        self.polls += 1;
-        self.polls > self.max_polls
-    }
-}
-
-/// A monotonic time source in nanoseconds (for example the TSC scaled by its frequency).
-pub trait Clock {
-    /// Current time in nanoseconds.
-    fn now_ns(&mut self) -> u64;
-}
-
-/// A timeout measured with a [`Clock`].
-#[derive(Clone, Copy, Debug)]
-pub struct Deadline<C: Clock> {
-    clock: C,
-    limit_ns: u64,
-    started: u64,
-}
-
-impl<C: Clock> Deadline<C> {
-    /// Give up once `limit_ns` nanoseconds passed since the wait began.
-    pub const fn new(clock: C, limit_ns: u64) -> Self {
-        Self {
-            clock,
-            limit_ns,
-            started: 0,
-        }
-    }
-}
-
-impl<C: Clock> PollTimeout for Deadline<C> {
-    fn start(&mut self) {
-        self.started = self.clock.now_ns();
-    }
-    fn expired(&mut self) -> bool {
-        self.clock.now_ns().wrapping_sub(self.started) > self.limit_ns
-    }
-}
-
-/// The x86 time-stamp counter as a [`Clock`], for bare-metal images. Assumes an
-/// invariant TSC; `ticks_per_us` comes from CPUID leaf 0x15 or a calibration.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, Debug)]
-pub struct Tsc {
-    ticks_per_us: u64,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Tsc {
-    /// A clock counting `ticks_per_us` TSC ticks per microsecond (0 is treated as 1).
-    pub const fn new(ticks_per_us: u64) -> Self {
-        Self {
-            ticks_per_us: if ticks_per_us == 0 { 1 } else { ticks_per_us },
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Clock for Tsc {
-    fn now_ns(&mut self) -> u64 {
-        // SAFETY: RDTSC only reads the time-stamp counter; it touches no memory.
-        let t = unsafe { core::arch::x86_64::_rdtsc() };
-        (u128::from(t) * 1000 / u128::from(self.ticks_per_us)) as u64
-    }
-}
-
-/// Poll `done` until it returns true or `timeout` expires.
-pub(crate) fn poll_until<T: PollTimeout>(timeout: &mut T, mut done: impl FnMut() -> bool) -> bool {
-    timeout.start();
-    loop {
-        if done() {
-            return true;
-        }
-        if timeout.expired() {
-            // One last look: the condition may have become true while we were deciding.
-            return done();
-        }
-        core::hint::spin_loop();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn genmask_and_fields() {
-        assert_eq!(genmask(3, 1), 0b1110);
-        assert_eq!(genmask(63, 0), u64::MAX);
-        assert_eq!(field_prep(genmask(3, 1), 5), 0b1010);
-        assert_eq!(field_prep(genmask(3, 1), 0xff), 0b1110, "value truncated");
-        assert_eq!(field_get(genmask(17, 16), 0x1_0000), 1);
-    }
 
     #[test]
     fn register_offsets_match_spec() {
@@ -537,78 +317,5 @@ mod tests {
         assert_eq!(FRCD_HI_F, 1 << 63);
         assert_eq!(field_prep(RTADDR_TTM, TTM_ABORT_DMA), 0xc00);
         assert_eq!(IQERCD_IQEI, 0xf);
-    }
-
-    #[test]
-    fn mmio_accesses_the_frame() {
-        extern crate std;
-        let mut frame = std::vec![0u64; 512];
-        {
-            // SAFETY: the buffer is 4KB, 8-byte aligned, and outlives `m` (this block).
-            let mut m = unsafe { Mmio::new(frame.as_mut_ptr() as *mut u8, 4096) };
-            m.write32(GCMD, 0x8000_0000);
-            m.write64(RTADDR, 0x1234_5000 | 0x400);
-            assert_eq!(m.read32(GCMD), 0x8000_0000);
-            assert_eq!(m.read64(RTADDR), 0x1234_5400);
-            assert_eq!(m.read32(RTADDR), 0x1234_5400);
-            m.publish_barrier();
-        }
-        assert_eq!(frame[GCMD / 8] & 0xffff_ffff, 0x8000_0000);
-    }
-
-    #[test]
-    #[should_panic(expected = "outside the mapped register block")]
-    fn mmio_refuses_offsets_outside_the_block() {
-        extern crate std;
-        let mut frame = std::vec![0u64; 512];
-        // SAFETY: the buffer is 4KB; the access below is refused before touching memory.
-        let mut m = unsafe { Mmio::new(frame.as_mut_ptr() as *mut u8, 4096) };
-        m.read64(4096);
-    }
-
-    #[test]
-    fn poll_budget_expires_after_limit() {
-        let mut t = PollBudget::new(3);
-        let mut n = 0;
-        assert!(!poll_until(&mut t, || {
-            n += 1;
-            false
-        }));
-        assert_eq!(n, 5);
-        let mut k = 0;
-        assert!(poll_until(&mut t, || {
-            k += 1;
-            k == 2
-        }));
-    }
-
-    struct FakeClock(u64);
-    impl Clock for FakeClock {
-        fn now_ns(&mut self) -> u64 {
-            self.0 += 10;
-            self.0
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn tsc_deadline_expires() {
-        let mut c = Tsc::new(1);
-        let a = c.now_ns();
-        let mut d = Deadline::new(c, 1000);
-        d.start();
-        while !d.expired() {}
-        assert!(c.now_ns() >= a + 1000);
-    }
-
-    #[test]
-    fn deadline_uses_clock() {
-        let mut d = Deadline::new(FakeClock(0), 100);
-        d.start();
-        let mut polls = 0;
-        while !d.expired() {
-            polls += 1;
-        }
-        assert_eq!(polls, 10);
     }
 }
