@@ -184,7 +184,16 @@ fn demo() -> Result<(), Fail> {
 }
 
 fn bench() -> Result<(), Fail> {
-    cargo(&["bench", "--workspace", "--benches", "--quiet"])
+    // Only the benchmark targets (each prints its own table), not every crate's tests.
+    cargo(&[
+        "bench",
+        "--workspace",
+        "--quiet",
+        "--bench",
+        "pasid",
+        "--bench",
+        "pagetable",
+    ])
 }
 
 fn qemu(rest: &[String]) -> Result<(), Fail> {
