@@ -4,7 +4,7 @@
 //! capability (or the badge on return), `rsi` the message info, `r10`, `r8`, `r9`, `r15`
 //! message registers 0 to 3; further message registers and extra caps are in the IPC
 //! buffer. The kernel clobbers `rcx` and `r11` (used by `sysret`) and expects the user
-//! stack pointer in `rbx`, returning it there. LLVM reserves `rbx`, so every stub saves
+//! stack pointer in `rbx`, returning it there. LLVM reserves `rbx`, so every wrapper saves
 //! it in `r12` (which the kernel preserves as part of the thread's context), loads `rsp`
 //! into it, and puts both back after the instruction.
 //!
