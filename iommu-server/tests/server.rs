@@ -281,6 +281,33 @@ fn map(
     })
 }
 
+/// Maps `length` bytes of `region` anywhere (page aligned) in `ioas`.
+fn map_any(s: &mut Server, badge: u64, ioas: IoasId, length: u64, region: u32, perm: Perm) -> u64 {
+    map(
+        s,
+        badge,
+        ioas,
+        IovaPlacement::Anywhere { align: PAGE },
+        length,
+        region,
+        perm,
+    )
+    .unwrap()
+}
+
+/// Attaches `device` (with `pasid`, if any) to `ioas`.
+fn attach(s: &mut Server, badge: u64, device: DeviceId, pasid: Option<Pasid>, ioas: IoasId) {
+    ok(
+        s,
+        badge,
+        IommuRequest::Attach {
+            device,
+            pasid,
+            ioas,
+        },
+    );
+}
+
 /// Client index of a badge's client.
 fn client(s: &Server, badge: u64) -> u32 {
     s.client_index(if badge == A { 1 } else { 2 }).unwrap()
@@ -294,25 +321,8 @@ fn map_attach_and_dma_reach_exactly_the_granted_frames() {
     let region = s.grant_region(client(&s, A), frames.clone()).unwrap();
     let dev = open(&mut s, A_DEV);
     let io = ioas(&mut s, A);
-    let iova = map(
-        &mut s,
-        A,
-        io,
-        IovaPlacement::Anywhere { align: PAGE },
-        3 * PAGE,
-        region,
-        Perm::RW,
-    )
-    .unwrap();
-    ok(
-        &mut s,
-        A,
-        IommuRequest::Attach {
-            device: dev,
-            pasid: None,
-            ioas: io,
-        },
-    );
+    let iova = map_any(&mut s, A, io, 3 * PAGE, region, Perm::RW);
+    attach(&mut s, A, dev, None, io);
     let hw = s.hardware();
     assert_eq!(
         hw.log.iter().filter(|o| matches!(o, Op::Map(..))).count(),
@@ -380,25 +390,8 @@ fn a_client_cannot_touch_another_clients_objects() {
     let region = s.grant_region(client(&s, A), vec![0x10_0000]).unwrap();
     let dev = open(&mut s, A_DEV);
     let io = ioas(&mut s, A);
-    let iova = map(
-        &mut s,
-        A,
-        io,
-        IovaPlacement::Anywhere { align: PAGE },
-        PAGE,
-        region,
-        Perm::RW,
-    )
-    .unwrap();
-    ok(
-        &mut s,
-        A,
-        IommuRequest::Attach {
-            device: dev,
-            pasid: None,
-            ioas: io,
-        },
-    );
+    let iova = map_any(&mut s, A, io, PAGE, region, Perm::RW);
+    attach(&mut s, A, dev, None, io);
     let rregion = s.grant_region(client(&s, A), vec![0x11_0000]).unwrap();
     let q = match ok(
         &mut s,
@@ -490,15 +483,7 @@ fn objects_in_use_are_busy_and_memory_stays_until_unmapped() {
         Perm::RW,
     )
     .unwrap();
-    ok(
-        &mut s,
-        A,
-        IommuRequest::Attach {
-            device: dev,
-            pasid: None,
-            ioas: io,
-        },
-    );
+    attach(&mut s, A, dev, None, io);
     assert_eq!(
         s.handle(A, &IommuRequest::DestroyIoas { ioas: io }),
         Err(Error::Busy)
@@ -799,16 +784,7 @@ fn pasid_attachments_use_pasids_from_the_authority() {
     };
     assert!(pasid > 0 && pasid < 256, "fits the device's 8 PASID bits");
     let io = ioas(&mut s, A);
-    let iova = map(
-        &mut s,
-        A,
-        io,
-        IovaPlacement::Anywhere { align: PAGE },
-        PAGE,
-        region,
-        Perm::RW,
-    )
-    .unwrap();
+    let iova = map_any(&mut s, A, io, PAGE, region, Perm::RW);
     assert_eq!(
         s.handle(
             A,
@@ -831,15 +807,7 @@ fn pasid_attachments_use_pasids_from_the_authority() {
         ),
         Err(Error::NotFound)
     );
-    ok(
-        &mut s,
-        A,
-        IommuRequest::Attach {
-            device: dev,
-            pasid: Some(pasid),
-            ioas: io,
-        },
-    );
+    attach(&mut s, A, dev, Some(pasid), io);
     assert_eq!(
         s.hardware().dma(0x100, Some(pasid), iova, true),
         Ok(0x10_0000)
@@ -876,61 +844,19 @@ fn a_dead_clients_memory_is_released_only_after_no_device_can_reach_it() {
     let dev = open(&mut s, A_DEV);
     let pdev = open(&mut s, A_PASID_DEV);
     let io = ioas(&mut s, A);
-    map(
-        &mut s,
-        A,
-        io,
-        IovaPlacement::Anywhere { align: PAGE },
-        4 * PAGE,
-        region,
-        Perm::RW,
-    )
-    .unwrap();
-    ok(
-        &mut s,
-        A,
-        IommuRequest::Attach {
-            device: dev,
-            pasid: None,
-            ioas: io,
-        },
-    );
+    map_any(&mut s, A, io, 4 * PAGE, region, Perm::RW);
+    attach(&mut s, A, dev, None, io);
     let pasid = match ok(&mut s, A, IommuRequest::AllocPasid { device: pdev }) {
         IommuReply::PasidAllocated { pasid } => pasid,
         r => panic!("{r:?}"),
     };
-    ok(
-        &mut s,
-        A,
-        IommuRequest::Attach {
-            device: pdev,
-            pasid: Some(pasid),
-            ioas: io,
-        },
-    );
+    attach(&mut s, A, pdev, Some(pasid), io);
     // B is mid-DMA on its own device.
     let b_region = s.grant_region(b, vec![0x90_0000]).unwrap();
     let b_dev = open(&mut s, B_DEV);
     let b_io = ioas(&mut s, B);
-    let b_iova = map(
-        &mut s,
-        B,
-        b_io,
-        IovaPlacement::Anywhere { align: PAGE },
-        PAGE,
-        b_region,
-        Perm::RW,
-    )
-    .unwrap();
-    ok(
-        &mut s,
-        B,
-        IommuRequest::Attach {
-            device: b_dev,
-            pasid: None,
-            ioas: b_io,
-        },
-    );
+    let b_iova = map_any(&mut s, B, b_io, PAGE, b_region, Perm::RW);
+    attach(&mut s, B, b_dev, None, b_io);
 
     let log_start = s.hardware().log.len();
     let released = s.client_died(a).unwrap();
