@@ -1,0 +1,1 @@
+//! IOMMU hardware models (being built).
