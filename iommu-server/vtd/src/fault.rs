@@ -175,6 +175,44 @@ impl FaultRecord {
     }
 }
 
+/// The canonical one-line form of a fault record, used wherever records from different
+/// sources (QEMU, the simulation's model) are compared: every architectural field, the
+/// recording register's index left out (which register a fault lands in depends on
+/// history, not on the fault).
+///
+/// `source=<bus>:<dev>.<fn> addr=<hex> access=<read|write> reason=<hex> pasid=<hex|-> at=<n>
+/// priv=<0|1> exe=<0|1> t2=<0|1>`
+impl core::fmt::Display for FaultRecord {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let sid = self.source_id;
+        write!(
+            f,
+            "source={:02x}:{:02x}.{} addr={:#x} access={} reason={:#x} pasid=",
+            sid >> 8,
+            (sid >> 3) & 0x1f,
+            sid & 7,
+            self.address,
+            match self.access {
+                AccessType::Read => "read",
+                AccessType::Write => "write",
+            },
+            self.reason.code(),
+        )?;
+        match self.pasid {
+            Some(p) => write!(f, "{p:#x}")?,
+            None => f.write_str("-")?,
+        }
+        write!(
+            f,
+            " at={} priv={} exe={} t2={}",
+            self.address_type,
+            u8::from(self.privileged),
+            u8::from(self.execute),
+            u8::from(self.t2)
+        )
+    }
+}
+
 // --- Page request descriptor (256 bits, §7.5.1) ---
 /// Word 0 `[7:0]`: type (1 = page request).
 pub const PRQ0_TYPE: u64 = genmask(7, 0);
@@ -305,6 +343,7 @@ pub struct FaultReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
 
     #[test]
     fn fault_record_bits_match_spec() {
@@ -338,6 +377,22 @@ mod tests {
         assert_eq!(x.address_type, 2);
         assert_eq!(FaultRecord::decode(0, 0x1000, hi & !FRCD_HI_F), None);
         assert_eq!(FRCD_HI_F, 1 << 63);
+    }
+
+    #[test]
+    fn fault_record_canonical_form() {
+        let hi = FRCD_HI_F | FRCD_HI_T1 | (6u64 << 32) | 0x0018;
+        let r = FaultRecord::decode(3, 0x0a00_0000, hi).unwrap();
+        assert_eq!(
+            r.to_string(),
+            "source=00:03.0 addr=0xa000000 access=read reason=0x6 pasid=- at=0 priv=0 exe=0 t2=0"
+        );
+        let hi = FRCD_HI_F | FRCD_HI_PP | (5u64 << 32) | 0x0100 | (1 << 60);
+        let w = FaultRecord::decode(0, 0x2000, hi).unwrap();
+        assert_eq!(
+            w.to_string(),
+            "source=01:00.0 addr=0x2000 access=write reason=0x5 pasid=0x0 at=1 priv=0 exe=0 t2=0"
+        );
     }
 
     #[test]

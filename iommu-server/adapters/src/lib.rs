@@ -1,0 +1,7 @@
+//! `iommu_server::Hardware` over the real IOMMU drivers (no_std + alloc).
+#![no_std]
+
+extern crate alloc;
+
+pub mod smmuv3;
+pub mod vtd;

@@ -1,0 +1,1 @@
+//! `Hardware` over the SMMUv3 driver (being built).

@@ -1,0 +1,1 @@
+//! `Hardware` over the VT-d driver (being built).

@@ -1,0 +1,1 @@
+//! VT-d model (being built).
