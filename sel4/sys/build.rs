@@ -43,6 +43,9 @@ fn main() {
     gen_object_types(&mut out, &source, &config);
     gen_errors(&mut out, &source, &config);
     gen_constants(&mut out, &source, &config);
+    gen_vm_attributes(&mut out, &source, &config);
+    gen_irq_vectors(&mut out, &source);
+    gen_object_bits(&mut out, &source);
     gen_bootinfo(&mut out, &source, &config);
     gen_bitfields(&mut out, &source, &config);
 
@@ -683,6 +686,94 @@ fn gen_constants(out: &mut String, source: &Path, config: &Macros) {
         }
     }
     out.push_str("}\n\n");
+}
+
+fn gen_vm_attributes(out: &mut String, source: &Path, config: &Macros) {
+    let text = read(&source.join("libsel4/arch_include/x86/sel4/arch/types.h"));
+    let mut known = BTreeMap::new();
+    out.push_str(
+        "/// Page mapping attributes (`seL4_X86_VMAttributes`, `sel4/arch/types.h`).\npub mod vm_attributes {\n",
+    );
+    let mut found = false;
+    for entries in enum_bodies(&text, config, &mut known) {
+        if !entries
+            .iter()
+            .any(|(n, _)| n.starts_with("seL4_X86_") && n.contains("Cache"))
+        {
+            continue;
+        }
+        for (name, value) in entries {
+            found = true;
+            let _ = writeln!(
+                out,
+                "    /// `{name}`\n    pub const {}: u64 = {value};",
+                upper_snake(strip_sel4(&name).trim_start_matches("X86_"))
+            );
+        }
+    }
+    assert!(
+        found,
+        "seL4_X86_VMAttributes not found in sel4/arch/types.h"
+    );
+    out.push_str("}\n\n");
+}
+
+/// Object sizes (`seL4_<Object>Bits`, `sel4/sel4_arch/constants.h`): log2 of the
+/// bytes each kernel object takes out of untyped memory.
+fn gen_object_bits(out: &mut String, source: &Path) {
+    let text = read(&source.join("libsel4/sel4_arch_include/x86_64/sel4/sel4_arch/constants.h"));
+    out.push_str(
+        "/// log2 of the size of each kernel object (`seL4_<Object>Bits`, `sel4/sel4_arch/constants.h`).\npub mod object_bits {\n",
+    );
+    let mut n = 0;
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("#define seL4_") else {
+            continue;
+        };
+        let Some((name, value)) = rest.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let (Some(object), Some(v)) = (name.strip_suffix("Bits"), parse_int(value.trim())) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "    /// `seL4_{name}`\n    pub const {}: u64 = {v};",
+            upper_snake(object)
+        );
+        n += 1;
+    }
+    assert!(
+        n >= 10,
+        "seL4_<Object>Bits not found in sel4_arch/constants.h"
+    );
+    out.push_str("}\n\n");
+}
+
+/// The CPU vector of user IRQ number 0 (`int_irq_user_min` of the pc99 kernel:
+/// `IRQ_INT_OFFSET + PIC_IRQ_LINES`): an MSI for the IRQ a user asked for with
+/// IRQControl GetMSI must carry vector `USER_VECTOR_BASE + irq`.
+fn gen_irq_vectors(out: &mut String, source: &Path) {
+    let text = read(&source.join("include/plat/pc99/plat/machine.h"));
+    let define = |name: &str| -> i64 {
+        text.lines()
+            .find_map(|l| {
+                let rest = l.trim().strip_prefix("#define ")?.trim();
+                let (n, v) = rest.split_once(char::is_whitespace)?;
+                (n == name).then(|| parse_int(strip_c_comment(v).trim()))?
+            })
+            .unwrap_or_else(|| panic!("{name} not defined in plat/machine.h"))
+    };
+    assert!(
+        text.contains("int_irq_user_min            = IRQ_INT_OFFSET + PIC_IRQ_LINES"),
+        "int_irq_user_min is no longer IRQ_INT_OFFSET + PIC_IRQ_LINES"
+    );
+    let base = define("IRQ_INT_OFFSET") + define("PIC_IRQ_LINES");
+    let _ = write!(
+        out,
+        "/// CPU vector of user IRQ 0 (`int_irq_user_min`, pc99 `plat/machine.h`): the MSI data\n\
+         /// of user IRQ `n` is `USER_VECTOR_BASE + n`.\npub const USER_VECTOR_BASE: u64 = {base};\n\n"
+    );
 }
 
 fn gen_bootinfo(out: &mut String, source: &Path, config: &Macros) {

@@ -29,7 +29,7 @@ pub struct Image {
 
 /// Every image, in the order `cargo xtask test` runs them.
 pub fn all() -> &'static [Image] {
-    static IMAGES: [Image; 2] = [
+    static IMAGES: [Image; 4] = [
         Image {
             name: "aarch64-smmuv3",
             demo: true,
@@ -41,8 +41,22 @@ pub fn all() -> &'static [Image] {
             name: "x86_64-sel4-boot",
             demo: true,
             timeout: Duration::from_secs(120),
-            success_status: crate::sel4::HELLO_SUCCESS_STATUS,
+            success_status: crate::sel4::SUCCESS_STATUS,
             build: crate::sel4::hello_image,
+        },
+        Image {
+            name: "x86_64-sel4",
+            demo: true,
+            timeout: Duration::from_secs(300),
+            success_status: crate::sel4::SUCCESS_STATUS,
+            build: crate::sel4::vtd_legacy_image,
+        },
+        Image {
+            name: "x86_64-sel4-scalable",
+            demo: false,
+            timeout: Duration::from_secs(300),
+            success_status: crate::sel4::SUCCESS_STATUS,
+            build: crate::sel4::vtd_scalable_image,
         },
     ];
     &IMAGES

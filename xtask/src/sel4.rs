@@ -142,7 +142,7 @@ pub fn build_kernel() -> Result<KernelBuild, Fail> {
 
 /// QEMU's exit status when the hello root task succeeds: it writes 0 to the
 /// `isa-debug-exit` device, and QEMU exits with `(value << 1) | 1`. Failure writes 1 (3).
-pub const HELLO_SUCCESS_STATUS: i32 = 1;
+pub const SUCCESS_STATUS: i32 = 1;
 
 /// Builds the hello root task (`sel4/hello`) against the tree and configuration `kernel`
 /// was built from; returns its ELF.
@@ -160,9 +160,15 @@ pub fn build_hello(kernel: &KernelBuild) -> Result<PathBuf, Fail> {
 }
 
 /// The QEMU command line (program first) that boots `kernel` with `root_task` as the
-/// root task: q35 with an Intel IOMMU and the `isa-debug-exit` device, TCG (KVM dies in
-/// the kernel's FPU initialisation on this setup).
-pub fn qemu_command(kernel: &KernelBuild, root_task: &Path) -> Vec<String> {
+/// root task on q35 with `iommu` (the intel-iommu device and its options), `devices`
+/// and the `isa-debug-exit` device, under TCG (KVM dies in the kernel's FPU
+/// initialisation on this setup).
+pub fn qemu_command(
+    kernel: &KernelBuild,
+    root_task: &Path,
+    iommu: &str,
+    devices: &[&str],
+) -> Vec<String> {
     let mut argv: Vec<String> = [
         "qemu-system-x86_64",
         "-machine",
@@ -181,7 +187,11 @@ pub fn qemu_command(kernel: &KernelBuild, root_task: &Path) -> Vec<String> {
     argv.push(kernel.kernel32_elf.display().to_string());
     argv.push("-initrd".into());
     argv.push(root_task.display().to_string());
-    for device in ["intel-iommu", "isa-debug-exit,iobase=0xf4,iosize=4"] {
+    for device in [iommu]
+        .into_iter()
+        .chain(devices.iter().copied())
+        .chain(["isa-debug-exit,iobase=0xf4,iosize=4"])
+    {
         argv.push("-device".into());
         argv.push(device.into());
     }
@@ -189,11 +199,64 @@ pub fn qemu_command(kernel: &KernelBuild, root_task: &Path) -> Vec<String> {
 }
 
 /// Builds the kernel and the hello root task; returns the QEMU command line. Its shape
-/// fits `images::Image::build`; note [`HELLO_SUCCESS_STATUS`].
+/// fits `images::Image::build`; note [`SUCCESS_STATUS`].
 pub fn hello_image() -> Result<Vec<String>, Fail> {
     let kernel = build_kernel()?;
     let task = build_hello(&kernel)?;
-    Ok(qemu_command(&kernel, &task))
+    Ok(qemu_command(&kernel, &task, "intel-iommu", &[]))
+}
+
+/// The devices of the VT-d image by default: an edu on the root bus (00:03.0) and one
+/// behind a PCIe root port (bus 1 once firmware numbers it: 01:00.0), so the two have
+/// requester IDs on different buses.
+const VTD_DEVICES: [&str; 3] = [
+    "edu,addr=3",
+    "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=4",
+    "edu,bus=rp1",
+];
+
+/// Builds the programs of the seL4 image (`sel4/apps`): the processes first, then init
+/// with their ELFs embedded. Returns init's ELF.
+pub fn build_apps(kernel: &KernelBuild) -> Result<PathBuf, Fail> {
+    let dir = root().join("sel4/apps");
+    let release = dir.join("target/x86_64-unknown-none/release");
+    let cargo = || {
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.current_dir(&dir).args(["build", "--release", "--quiet"]);
+        for (key, value) in kernel.bindings_env() {
+            c.env(key, value);
+        }
+        c
+    };
+    run(cargo().args(["-p", "vtd-scenarios"]))?;
+    run(cargo()
+        .args(["-p", "sel4-init"])
+        .env("SEL4_PROGRAM_VTD_SCENARIOS", release.join("vtd-scenarios")))?;
+    Ok(release.join("sel4-init"))
+}
+
+/// The VT-d image in legacy mode (`-device intel-iommu`).
+pub fn vtd_legacy_image() -> Result<Vec<String>, Fail> {
+    let kernel = build_kernel()?;
+    let init = build_apps(&kernel)?;
+    Ok(qemu_command(
+        &kernel,
+        &init,
+        "intel-iommu,intremap=off",
+        &VTD_DEVICES,
+    ))
+}
+
+/// The VT-d image in scalable mode (`x-scalable-mode=on,x-pasid-mode=on`).
+pub fn vtd_scalable_image() -> Result<Vec<String>, Fail> {
+    let kernel = build_kernel()?;
+    let init = build_apps(&kernel)?;
+    Ok(qemu_command(
+        &kernel,
+        &init,
+        "intel-iommu,intremap=off,x-scalable-mode=on,x-pasid-mode=on",
+        &VTD_DEVICES,
+    ))
 }
 
 /// The make command line (without `-j`), which is part of the cache stamp.

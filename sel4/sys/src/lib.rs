@@ -172,6 +172,63 @@ pub struct IpcBuffer {
     pub receive_depth: Word,
 }
 
+/// A thread's user-level registers (`seL4_UserContext`, `sel4/sel4_arch/types.h`, x86_64),
+/// in the order TCB ReadRegisters/WriteRegisters carry them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // the header's register names
+pub struct UserContext {
+    pub rip: Word,
+    pub rsp: Word,
+    pub rflags: Word,
+    pub rax: Word,
+    pub rbx: Word,
+    pub rcx: Word,
+    pub rdx: Word,
+    pub rsi: Word,
+    pub rdi: Word,
+    pub rbp: Word,
+    pub r8: Word,
+    pub r9: Word,
+    pub r10: Word,
+    pub r11: Word,
+    pub r12: Word,
+    pub r13: Word,
+    pub r14: Word,
+    pub r15: Word,
+    pub tls_base: Word,
+}
+
+impl UserContext {
+    /// Number of words.
+    pub const WORDS: usize = core::mem::size_of::<UserContext>() / core::mem::size_of::<Word>();
+
+    /// The registers in message order.
+    pub fn words(&self) -> [Word; Self::WORDS] {
+        [
+            self.rip,
+            self.rsp,
+            self.rflags,
+            self.rax,
+            self.rbx,
+            self.rcx,
+            self.rdx,
+            self.rsi,
+            self.rdi,
+            self.rbp,
+            self.r8,
+            self.r9,
+            self.r10,
+            self.r11,
+            self.r12,
+            self.r13,
+            self.r14,
+            self.r15,
+            self.tls_base,
+        ]
+    }
+}
+
 impl BootInfo {
     /// The descriptors of the untyped capabilities the kernel handed over, in slot order
     /// starting at `untyped.start`.

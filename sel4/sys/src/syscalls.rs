@@ -417,3 +417,200 @@ impl Cap<cap_type::CNode> {
         .map(|_| ())
     }
 }
+
+impl Cap<cap_type::CNode> {
+    /// Deletes the capability at `index`/`depth` of this CNode (`seL4_CNode_Delete`).
+    pub fn delete(self, index: Word, depth: Word) -> Result<()> {
+        invoke(
+            self.cptr(),
+            InvocationLabel::CNodeDelete,
+            &[index, depth],
+            &[],
+        )
+        .map(|_| ())
+    }
+}
+
+impl Cap<cap_type::Tcb> {
+    /// Sets the thread's fault endpoint (a CPtr in its own CSpace), priority and maximum
+    /// controlled priority, CSpace root (with its guard as `cspace_data`), VSpace and IPC
+    /// buffer (`seL4_TCB_Configure`). Needs the IPC buffer.
+    #[allow(clippy::too_many_arguments)] // the kernel invocation's own parameter list
+    pub fn configure(
+        self,
+        fault_ep: Word,
+        priority: u8,
+        mcp: u8,
+        cspace: Cap<cap_type::CNode>,
+        cspace_data: Word,
+        vspace: Cap<cap_type::Pml4>,
+        ipc_buffer: Word,
+        ipc_buffer_frame: Cap<cap_type::Page>,
+    ) -> Result<()> {
+        use crate::bitfields::PrioProps as P;
+        let props = P::MCP.set(P::PRIO.set(0, Word::from(priority)), Word::from(mcp));
+        let mrs = [fault_ep, props, cspace_data, 0, ipc_buffer];
+        let caps = [cspace.cptr(), vspace.cptr(), ipc_buffer_frame.cptr()];
+        invoke(self.cptr(), InvocationLabel::TCBConfigure, &mrs, &caps).map(|_| ())
+    }
+
+    /// Writes the thread's registers and optionally resumes it
+    /// (`seL4_TCB_WriteRegisters`). Needs the IPC buffer.
+    pub fn write_registers(self, resume: bool, regs: &crate::UserContext) -> Result<()> {
+        let words = regs.words();
+        let mut mrs = [0; 2 + crate::UserContext::WORDS];
+        // resume_target (8 bits) and arch_flags (8 bits) share the first word.
+        mrs[0] = Word::from(resume);
+        mrs[1] = crate::UserContext::WORDS as Word;
+        mrs[2..].copy_from_slice(&words);
+        invoke(self.cptr(), InvocationLabel::TCBWriteRegisters, &mrs, &[]).map(|_| ())
+    }
+
+    /// Sets the thread's priority (`seL4_TCB_SetPriority`).
+    pub fn set_priority(self, priority: u8) -> Result<()> {
+        invoke(
+            self.cptr(),
+            InvocationLabel::TCBSetPriority,
+            &[Word::from(priority)],
+            &[],
+        )
+        .map(|_| ())
+    }
+
+    /// Makes the thread runnable (`seL4_TCB_Resume`).
+    pub fn resume(self) -> Result<()> {
+        invoke(self.cptr(), InvocationLabel::TCBResume, &[], &[]).map(|_| ())
+    }
+
+    /// Stops the thread (`seL4_TCB_Suspend`).
+    pub fn suspend(self) -> Result<()> {
+        invoke(self.cptr(), InvocationLabel::TCBSuspend, &[], &[]).map(|_| ())
+    }
+
+    /// Binds a notification to the thread, so that a Recv on an endpoint also returns when
+    /// the notification is signalled (`seL4_TCB_BindNotification`). Needs the IPC buffer.
+    pub fn bind_notification(self, ntfn: Cap<cap_type::Notification>) -> Result<()> {
+        invoke(
+            self.cptr(),
+            InvocationLabel::TCBBindNotification,
+            &[],
+            &[ntfn.cptr()],
+        )
+        .map(|_| ())
+    }
+}
+
+impl Cap<cap_type::Page> {
+    /// Maps the frame at `vaddr` of `vspace` with `rights` and `attr` (a
+    /// [`crate::vm_attributes`] value) (`seL4_X86_Page_Map`). Needs the IPC buffer.
+    pub fn map(
+        self,
+        vspace: Cap<cap_type::Pml4>,
+        vaddr: Word,
+        rights: CapRights,
+        attr: Word,
+    ) -> Result<()> {
+        invoke(
+            self.cptr(),
+            InvocationLabel::X86PageMap,
+            &[vaddr, rights.0, attr],
+            &[vspace.cptr()],
+        )
+        .map(|_| ())
+    }
+
+    /// Unmaps the frame (`seL4_X86_Page_Unmap`).
+    pub fn unmap(self) -> Result<()> {
+        invoke(self.cptr(), InvocationLabel::X86PageUnmap, &[], &[]).map(|_| ())
+    }
+
+    /// The frame's physical address (`seL4_X86_Page_GetAddress`).
+    pub fn address(self) -> Result<Word> {
+        invoke(self.cptr(), InvocationLabel::X86PageGetAddress, &[], &[]).map(|r| r.mrs[0])
+    }
+}
+
+/// Paging structures below the PML4 all map the same way: at an address of a VSpace.
+macro_rules! paging_map {
+    ($kind:ident, $label:ident, $name:literal) => {
+        impl Cap<cap_type::$kind> {
+            #[doc = concat!("Installs the structure in `vspace` for the range around `vaddr` (`", $name, "`). Needs the IPC buffer.")]
+            pub fn map(self, vspace: Cap<cap_type::Pml4>, vaddr: Word, attr: Word) -> Result<()> {
+                invoke(
+                    self.cptr(),
+                    InvocationLabel::$label,
+                    &[vaddr, attr],
+                    &[vspace.cptr()],
+                )
+                .map(|_| ())
+            }
+        }
+    };
+}
+
+paging_map!(Pdpt, X86PDPTMap, "seL4_X86_PDPT_Map");
+paging_map!(
+    PageDirectory,
+    X86PageDirectoryMap,
+    "seL4_X86_PageDirectory_Map"
+);
+paging_map!(PageTable, X86PageTableMap, "seL4_X86_PageTable_Map");
+
+impl Cap<cap_type::AsidPool> {
+    /// Gives `vspace` an address-space ID from this pool (`seL4_X86_ASIDPool_Assign`).
+    /// Needs the IPC buffer.
+    pub fn assign(self, vspace: Cap<cap_type::Pml4>) -> Result<()> {
+        invoke(
+            self.cptr(),
+            InvocationLabel::X86ASIDPoolAssign,
+            &[],
+            &[vspace.cptr()],
+        )
+        .map(|_| ())
+    }
+}
+
+impl Cap<cap_type::IrqControl> {
+    /// Creates, at `index`/`depth` of `root`, the handler capability of an MSI that
+    /// device `bus:dev.func` raises with the kernel's IRQ number `irq`
+    /// (`seL4_IRQControl_GetMSI`; `handle` is the caller's own tag). Needs the IPC buffer.
+    #[allow(clippy::too_many_arguments)] // the kernel invocation's own parameter list
+    pub fn get_msi(
+        self,
+        root: Cap<cap_type::CNode>,
+        index: Word,
+        depth: Word,
+        bus: Word,
+        dev: Word,
+        func: Word,
+        handle: Word,
+        irq: Word,
+    ) -> Result<()> {
+        invoke(
+            self.cptr(),
+            InvocationLabel::X86IRQIssueIRQHandlerMSI,
+            &[index, depth, bus, dev, func, handle, irq],
+            &[root.cptr()],
+        )
+        .map(|_| ())
+    }
+}
+
+impl Cap<cap_type::IrqHandler> {
+    /// Delivers the interrupt to `ntfn` (`seL4_IRQHandler_SetNotification`). Needs the
+    /// IPC buffer.
+    pub fn set_notification(self, ntfn: Cap<cap_type::Notification>) -> Result<()> {
+        invoke(
+            self.cptr(),
+            InvocationLabel::IRQSetIRQHandler,
+            &[],
+            &[ntfn.cptr()],
+        )
+        .map(|_| ())
+    }
+
+    /// Re-enables the interrupt after it was handled (`seL4_IRQHandler_Ack`).
+    pub fn ack(self) -> Result<()> {
+        invoke(self.cptr(), InvocationLabel::IRQAckIRQ, &[], &[]).map(|_| ())
+    }
+}

@@ -455,3 +455,71 @@ fn kernel_generated_headers_agree() {
         assert_eq!(syscalls[name], sys as i64, "{name}");
     }
 }
+
+#[test]
+fn user_context_matches_the_header() {
+    let header = source("libsel4/sel4_arch_include/x86_64/sel4/sel4_arch/types.h");
+    let start = header.find("typedef struct seL4_UserContext_").unwrap();
+    let body = &header[start..];
+    let body = &body[body.find('{').unwrap() + 1..body.find('}').unwrap()];
+    // `seL4_Word rip, rsp, ...;` lists, every one a word.
+    let names: Vec<String> = body
+        .split(';')
+        .flat_map(|decl| {
+            decl.trim()
+                .trim_start_matches("seL4_Word")
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let ctx = UserContext {
+        rip: 0,
+        rsp: 1,
+        rflags: 2,
+        rax: 3,
+        rbx: 4,
+        rcx: 5,
+        rdx: 6,
+        rsi: 7,
+        rdi: 8,
+        rbp: 9,
+        r8: 10,
+        r9: 11,
+        r10: 12,
+        r11: 13,
+        r12: 14,
+        r13: 15,
+        r14: 16,
+        r15: 17,
+        tls_base: 18,
+    };
+    assert_eq!(names.len(), UserContext::WORDS);
+    assert_eq!(size_of::<UserContext>(), names.len() * 8);
+    // The header's order is the message order: position i carries value i.
+    let expected: Vec<Word> = (0..names.len() as Word).collect();
+    assert_eq!(ctx.words().to_vec(), expected);
+    assert_eq!(names[0], "rip");
+    assert_eq!(names[1], "rsp");
+    assert_eq!(names[8], "rdi");
+    assert_eq!(names[18], "tls_base");
+}
+
+#[test]
+fn vm_attributes_come_from_the_header() {
+    let values = c_enums(&source("libsel4/arch_include/x86/sel4/arch/types.h"));
+    assert_eq!(
+        vm_attributes::WRITE_BACK,
+        values["seL4_X86_WriteBack"] as Word
+    );
+    assert_eq!(
+        vm_attributes::CACHE_DISABLED,
+        values["seL4_X86_CacheDisabled"] as Word
+    );
+    assert_eq!(
+        vm_attributes::UNCACHEABLE,
+        values["seL4_X86_Uncacheable"] as Word
+    );
+    assert_ne!(vm_attributes::CACHE_DISABLED, vm_attributes::WRITE_BACK);
+}

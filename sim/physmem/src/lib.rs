@@ -11,11 +11,10 @@
 //! that range is an [`OutOfRange`] error (a device reading unbacked memory is a bus
 //! error the models report, not a panic).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use iommu_hwio::dma::{DmaMemory, PhysAddr};
+pub use iommu_hwio::dma::{DmaMemory, PhysAddr, RangeAllocator};
 
 /// Size of a frame (a 4 KiB page).
 pub const FRAME: u64 = 4096;
@@ -201,76 +200,6 @@ impl PhysMem {
     }
 }
 
-/// First-fit allocator of physically contiguous, aligned ranges inside a window of RAM.
-#[derive(Debug)]
-pub struct RangeAllocator {
-    /// Free ranges: start → length.
-    free: BTreeMap<u64, u64>,
-    live: u64,
-}
-
-impl RangeAllocator {
-    /// All of `start..start+len` free.
-    pub fn new(start: u64, len: u64) -> Self {
-        let mut free = BTreeMap::new();
-        if len > 0 {
-            free.insert(start, len);
-        }
-        RangeAllocator { free, live: 0 }
-    }
-
-    /// Bytes currently allocated.
-    pub fn live_bytes(&self) -> u64 {
-        self.live
-    }
-
-    /// Allocates `size` bytes aligned to `align` (a power of two).
-    pub fn alloc(&mut self, size: u64, align: u64) -> Option<u64> {
-        if size == 0 || !align.is_power_of_two() {
-            return None;
-        }
-        let (start, len, at) = self.free.iter().find_map(|(&start, &len)| {
-            let at = start.checked_add(align - 1)? & !(align - 1);
-            (at.checked_add(size)? <= start + len).then_some((start, len, at))
-        })?;
-        self.free.remove(&start);
-        if at > start {
-            self.free.insert(start, at - start);
-        }
-        if at + size < start + len {
-            self.free.insert(at + size, start + len - (at + size));
-        }
-        self.live += size;
-        Some(at)
-    }
-
-    /// Returns a range, merging it with free neighbours.
-    ///
-    /// # Panics
-    /// If the range overlaps free memory (a double free).
-    pub fn free(&mut self, start: u64, size: u64) {
-        let mut start = start;
-        let mut size = size;
-        if let Some((&p, &plen)) = self.free.range(..=start).next_back() {
-            assert!(p + plen <= start, "double free of {start:#x}");
-            if p + plen == start {
-                self.free.remove(&p);
-                start = p;
-                size += plen;
-            }
-        }
-        if let Some((&n, &nlen)) = self.free.range(start..).next() {
-            assert!(start + size <= n, "double free of {start:#x}");
-            if start + size == n {
-                self.free.remove(&n);
-                size += nlen;
-            }
-        }
-        self.free.insert(start, size);
-        self.live -= size.min(self.live);
-    }
-}
-
 /// The simulation's [`DmaMemory`]: zeroed, aligned regions of [`PhysMem`] from a
 /// window given to one driver. Cloning shares the RAM, not the window.
 #[derive(Debug)]
@@ -379,30 +308,6 @@ mod tests {
         // touches it.
         unsafe { p.write_volatile(42) };
         assert_eq!(m.read_u64(0x4010).unwrap(), 42);
-    }
-
-    #[test]
-    fn allocator_aligns_splits_and_merges() {
-        let mut a = RangeAllocator::new(0x1000, 0x10000);
-        let x = a.alloc(0x1000, 0x4000).unwrap();
-        assert_eq!(x, 0x4000);
-        let y = a.alloc(0x3000, 0x1000).unwrap();
-        assert_eq!(y, 0x1000);
-        assert_eq!(a.alloc(0x20000, 0x1000), None);
-        assert_eq!(a.live_bytes(), 0x4000);
-        a.free(x, 0x1000);
-        a.free(y, 0x3000);
-        assert_eq!(a.live_bytes(), 0);
-        assert_eq!(a.alloc(0x10000, 0x1000), Some(0x1000));
-    }
-
-    #[test]
-    #[should_panic(expected = "double free")]
-    fn double_free_is_caught() {
-        let mut a = RangeAllocator::new(0, 0x4000);
-        let x = a.alloc(0x1000, 0x1000).unwrap();
-        a.free(x, 0x1000);
-        a.free(x, 0x1000);
     }
 
     #[test]
