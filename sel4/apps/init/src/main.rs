@@ -8,9 +8,10 @@
 //!    PIT);
 //! 2. builds each process with its own CSpace, VSpace and TCB ([`system::build`]),
 //!    loading its ELF into fresh frames;
-//! 3. serves their reports and faults on one endpoint: a `HELLO` is answered with
-//!    ReplyRecv, a `DONE` carries the process's pass/fail counts, a fault (the fault
-//!    badge) fails the process;
+//! 3. serves their reports and faults on one endpoint: a `HELLO` (Call) is answered
+//!    with ReplyRecv, a `NOTE` arrives by NBSend, a `DONE` (Call, answered with Reply)
+//!    carries the process's pass/fail counts, a fault (the fault badge) fails the
+//!    process;
 //! 4. prints the closing `<N> passed, <M> failed` line and ends QEMU through
 //!    `isa-debug-exit`.
 #![no_std]
@@ -174,6 +175,7 @@ fn run(bi: &BootInfo, tally: &mut Tally) -> Result<(), alloc::string::String> {
     tally.check::<&str>("init-processes", Ok(()));
 
     // Serve reports until every process is done (or faulted).
+    let mut notes = alloc::vec![0u64; running.len()];
     let mut msg = recv(endpoint.cptr());
     loop {
         let id = (msg.badge & !FAULT_BADGE) as usize;
@@ -201,11 +203,27 @@ fn run(bi: &BootInfo, tally: &mut Tally) -> Result<(), alloc::string::String> {
                     msg = reply_recv(endpoint.cptr(), MessageInfo::new(0, 0, 0, 0), [0; 4]);
                     continue;
                 }
+                report::NOTE => {
+                    notes[id - 1] += 1;
+                    say!("init: note from {name} (NBSend): {}", msg.mrs[0]);
+                }
                 report::DONE => {
                     let (passed, failed) = (msg.mrs[0] as usize, msg.mrs[1] as usize);
                     say!("init: {name} finished: {passed} passed, {failed} failed");
                     tally.passed += passed;
                     tally.failed += failed;
+                    let sent = msg.mrs[2];
+                    tally.check(
+                        "init-ipc",
+                        if notes[id - 1] == sent {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "{name} sent {sent} notes with NBSend, {} arrived",
+                                notes[id - 1]
+                            ))
+                        },
+                    );
                     reply(MessageInfo::new(0, 0, 0, 0), [0; 4]);
                     running[id - 1] = None;
                 }

@@ -180,6 +180,9 @@ impl StartInfo {
 pub mod report {
     /// "I am running": no payload; init answers (ReplyRecv) and logs it.
     pub const HELLO: u64 = 2;
-    /// "I am done": MR0 = checks passed, MR1 = checks failed.
+    /// A one-way note (NBSend, no reply): MR0 = a value init logs. init counts notes and
+    /// fails a process that says `DONE` with MR2 notes sent that did not all arrive.
+    pub const NOTE: u64 = 3;
+    /// "I am done": MR0 = checks passed, MR1 = checks failed, MR2 = notes sent.
     pub const DONE: u64 = 1;
 }

@@ -16,7 +16,7 @@ mod pool;
 mod scenarios;
 
 use sel4_rt::start::{report, StartInfo, IPC_BUFFER_VADDR, START_MAGIC};
-use sel4_rt::sys::{self, call, set_ipc_buffer, yield_now, IpcBuffer, MessageInfo, Word};
+use sel4_rt::sys::{self, call, nb_send, set_ipc_buffer, yield_now, IpcBuffer, MessageInfo, Word};
 use sel4_rt::{say, Tally};
 
 // init starts the thread at the ELF entry with rsp at the top of its stack (16-byte
@@ -62,8 +62,15 @@ extern "C" fn process_main(info: *const StartInfo) -> ! {
     tally.check("own-cspace", own_cspace());
     scenarios::run(info, &mut tally);
 
-    let counts = [tally.passed as Word, tally.failed as Word, 0, 0];
-    let _ = call(endpoint, MessageInfo::new(report::DONE, 0, 0, 2), counts);
+    // init is waiting in Recv whenever this process runs (it has the higher priority),
+    // so a non-blocking send reaches it.
+    nb_send(
+        endpoint,
+        MessageInfo::new(report::NOTE, 0, 0, 1),
+        [tally.passed as Word, 0, 0, 0],
+    );
+    let counts = [tally.passed as Word, tally.failed as Word, 1, 0];
+    let _ = call(endpoint, MessageInfo::new(report::DONE, 0, 0, 3), counts);
     stop()
 }
 
