@@ -149,19 +149,28 @@ fn fuzz_corpus() -> Result<(), Fail> {
 }
 
 /// Builds the seL4 kernel (cached) and tests the bindings generated from its tree and
-/// configuration, including a comparison with the kernel's own generated headers.
+/// configuration, including a comparison with the kernel's own generated headers, then
+/// the host-testable part of the image's programs (`sel4-rt`).
 fn sel4_bindings() -> Result<(), Fail> {
     let kernel = sel4::build_kernel()?;
-    let manifest = root().join("sel4/sys/Cargo.toml");
-    let mut cmd =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(root())
-        .args(["test", "--quiet", "--manifest-path"])
-        .arg(&manifest);
-    for (key, value) in kernel.bindings_env() {
-        cmd.env(key, value);
-    }
-    util::run(&mut cmd)
+    let cargo_test = |dir: &str, extra: &[&str]| {
+        let mut cmd =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(root().join(dir))
+            .args(["test", "--quiet"])
+            .args(extra);
+        for (key, value) in kernel.bindings_env() {
+            cmd.env(key, value);
+        }
+        util::run(&mut cmd)
+    };
+    cargo_test("sel4/sys", &[])?;
+    let host = util::output(std::process::Command::new("rustc").arg("-vV"))
+        .ok_or_else(|| Fail("rustc -vV failed".into()))?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .ok_or_else(|| Fail("rustc -vV names no host target".into()))?;
+    cargo_test("sel4/apps", &["-p", "sel4-rt", "--target", &host])
 }
 
 fn demo() -> Result<(), Fail> {

@@ -20,7 +20,6 @@
 extern crate alloc;
 
 mod acpi;
-mod elf;
 mod objects;
 mod pci;
 mod system;

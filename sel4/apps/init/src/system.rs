@@ -23,10 +23,10 @@ use sel4_rt::sys::{
     cap_data, cap_type, init, vm_attributes, Cap, CapRights, ObjectType, UserContext, Word,
 };
 
-use crate::elf::Elf;
 use crate::objects::{AllocError, Objects, DEPTH};
 use crate::pci::{self, Bdf};
 use crate::vspace::{AddressSpace, Window};
+use sel4_rt::elf::Elf;
 
 /// What a process is given besides its image, stack, IPC buffer and report endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -139,7 +139,7 @@ pub enum BuildError {
     /// Allocation or a kernel invocation failed.
     Alloc(AllocError),
     /// The program is not a loadable ELF.
-    Elf(crate::elf::ElfError),
+    Elf(sel4_rt::elf::ElfError),
     /// A grant could not be satisfied.
     Grant(&'static str),
 }

@@ -2,11 +2,16 @@
 //!
 //! - [`say!`]: a line on the kernel's debug console (the serial port);
 //! - [`Tally`]: the `PASS <name>` / `FAIL <name>: <why>` convention;
-//! - [`heap`]: the global allocator over a static area;
+//! - [`heap`]: the global allocator over a static area (on the image's target only);
+//! - [`elf`]: reading the program headers of the executables init loads;
 //! - [`start`]: the record init writes into each process it starts (where its memory,
 //!   devices and capabilities are), and the fixed layout of a process's VSpace.
 #![no_std]
 
+extern crate alloc;
+
+pub mod elf;
+#[cfg(target_os = "none")]
 pub mod heap;
 pub mod start;
 

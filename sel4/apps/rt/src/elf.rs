@@ -139,3 +139,89 @@ impl<'a> Elf<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// A minimal executable: header, `phnum` program headers from `phoff`, file bytes.
+    fn image(entry: u64, segments: &[(u32, u32, u64, u64, u64, u64)]) -> Vec<u8> {
+        let phoff = 64usize;
+        let mut b = vec![0u8; phoff + 56 * segments.len()];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+        b[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+        b[24..32].copy_from_slice(&entry.to_le_bytes());
+        b[32..40].copy_from_slice(&(phoff as u64).to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&(segments.len() as u16).to_le_bytes());
+        for (i, &(kind, flags, offset, vaddr, file, mem)) in segments.iter().enumerate() {
+            let at = phoff + 56 * i;
+            b[at..at + 4].copy_from_slice(&kind.to_le_bytes());
+            b[at + 4..at + 8].copy_from_slice(&flags.to_le_bytes());
+            b[at + 8..at + 16].copy_from_slice(&offset.to_le_bytes());
+            b[at + 16..at + 24].copy_from_slice(&vaddr.to_le_bytes());
+            b[at + 32..at + 40].copy_from_slice(&file.to_le_bytes());
+            b[at + 40..at + 48].copy_from_slice(&mem.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn loadable_segments_and_their_page_contents() {
+        let mut b = image(
+            0x40_1000,
+            &[
+                (PT_LOAD, 5, 0x200, 0x40_0ff0, 0x20, 0x20),
+                (6, 4, 0, 0, 0, 0),
+                (PT_LOAD, 6, 0x220, 0x40_2000, 0x8, 0x3000),
+            ],
+        );
+        b.resize(0x228, 0);
+        for (i, x) in b[0x200..0x228].iter_mut().enumerate() {
+            *x = i as u8;
+        }
+        let elf = Elf::parse(&b).unwrap();
+        assert_eq!(elf.entry, 0x40_1000);
+        assert_eq!(elf.segments.len(), 2, "only PT_LOAD segments");
+        assert!(!elf.segments[0].writable && elf.segments[1].writable);
+        // The first segment straddles a page boundary: 0x10 bytes in each page.
+        let first: Vec<_> = elf.page_contents(0x40_0000).collect();
+        assert_eq!(first, vec![(0xff0, &b[0x200..0x210])]);
+        let second: Vec<_> = elf.page_contents(0x40_1000).collect();
+        assert_eq!(second, vec![(0, &b[0x210..0x220])]);
+        // The bss part of the last segment has no file bytes.
+        assert_eq!(elf.page_contents(0x40_3000).count(), 0);
+        assert_eq!(
+            elf.page_contents(0x40_2000).next(),
+            Some((0, &b[0x220..0x228]))
+        );
+    }
+
+    #[test]
+    fn bad_files_are_errors() {
+        assert_eq!(Elf::parse(&[0; 8]).unwrap_err(), ElfError::Truncated);
+        let mut b = image(0, &[]);
+        b[0] = 0;
+        assert_eq!(Elf::parse(&b).unwrap_err(), ElfError::NotX86_64Executable);
+        let mut b = image(0, &[]);
+        b[18] = 0xb7; // EM_AARCH64
+        assert_eq!(Elf::parse(&b).unwrap_err(), ElfError::NotX86_64Executable);
+        // File part larger than the memory part.
+        let b = image(0, &[(PT_LOAD, 4, 0, 0x1000, 0x20, 0x10)]);
+        assert_eq!(Elf::parse(&b).unwrap_err(), ElfError::BadSegment);
+        // File part past the end of the file.
+        let b = image(0, &[(PT_LOAD, 4, 0x1_0000, 0x1000, 0x20, 0x20)]);
+        assert_eq!(Elf::parse(&b).unwrap_err(), ElfError::BadSegment);
+        // Program headers past the end of the file.
+        let mut b = image(0, &[(PT_LOAD, 4, 0, 0x1000, 0, 0)]);
+        b.truncate(100);
+        assert_eq!(Elf::parse(&b).unwrap_err(), ElfError::Truncated);
+        // Memory range wrapping the address space.
+        let b = image(0, &[(PT_LOAD, 4, 0, u64::MAX - 4, 0, 0x10)]);
+        assert_eq!(Elf::parse(&b).unwrap_err(), ElfError::BadSegment);
+    }
+}
