@@ -217,6 +217,7 @@ impl RangeAllocator {
     /// # Panics
     /// If the range overlaps free memory (a double free).
     pub fn free(&mut self, start: u64, size: u64) {
+        let freed = size;
         let mut start = start;
         let mut size = size;
         if let Some((&p, &plen)) = self.free.range(..=start).next_back() {
@@ -235,7 +236,7 @@ impl RangeAllocator {
             }
         }
         self.free.insert(start, size);
-        self.live -= size.min(self.live);
+        self.live -= freed.min(self.live);
     }
 }
 
@@ -293,6 +294,7 @@ mod tests {
         assert_eq!(a.alloc(0x20000, 0x1000), None);
         assert_eq!(a.live_bytes(), 0x4000);
         a.free(x, 0x1000);
+        assert_eq!(a.live_bytes(), 0x3000, "only the freed bytes leave the count");
         a.free(y, 0x3000);
         assert_eq!(a.live_bytes(), 0);
         assert_eq!(a.alloc(0x10000, 0x1000), Some(0x1000));
