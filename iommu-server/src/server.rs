@@ -5,8 +5,8 @@ use alloc::vec::Vec;
 
 use hashbrown::HashMap;
 use ipc_protocol::iommu::{
-    DeviceId, DeviceInfo, FaultQueueId, IoasId, IommuReply, IommuRequest, IovaPlacement, MemoryRef,
-    PageResponseCode, Perm,
+    ClientUsage, DeviceId, DeviceInfo, FaultQueueId, IoasId, IommuReply, IommuRequest,
+    IovaPlacement, MemoryRef, PageResponseCode, Perm,
 };
 use ipc_protocol::pasid::Pasid;
 use ipc_protocol::records::{Fault, FaultKind, RingHeader};
@@ -224,6 +224,34 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
         self.stats
     }
 
+    /// The client index of the caller with `badge` (its client endpoint or one of its
+    /// device capabilities).
+    pub fn caller(&self, badge: Badge) -> Option<u32> {
+        self.badges.get(&badge).map(|&(client, _)| client)
+    }
+
+    /// What client index `client` holds, or `None` for no such client.
+    pub fn client_usage(&self, client: u32) -> Option<ClientUsage> {
+        let c = self.clients.get(client as usize)?;
+        Some(ClientUsage {
+            devices: self
+                .devices
+                .iter()
+                .filter(|d| d.owner == Some(client))
+                .count() as u32,
+            ioas: c.ioas,
+            mapped_bytes: c.mapped_bytes,
+            fault_queues: c.fault_queues,
+            pasids: c.pasids,
+            regions: self
+                .regions
+                .iter()
+                .flatten()
+                .filter(|r| r.owner == client)
+                .count() as u32,
+        })
+    }
+
     /// The client index of a configured client id.
     pub fn client_index(&self, id: u32) -> Option<u32> {
         self.clients
@@ -426,6 +454,14 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
                 self.clients[client as usize].pasids -= 1;
                 Ok(IommuReply::Done)
             }
+            // Memory arrives as capabilities and a client's death is reported by the
+            // system's supervisor: the platform layer, which holds the capabilities and
+            // knows the supervisor's badge, handles these with `grant_region`,
+            // `revoke_region`, `client_died` and `client_usage`.
+            IommuRequest::GrantMemory { .. }
+            | IommuRequest::RevokeMemory { .. }
+            | IommuRequest::ClientDied { .. }
+            | IommuRequest::ClientUsage { .. } => Err(Error::Unsupported),
         }
     }
 
@@ -806,6 +842,12 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
         let q = self.owned_queue(client, queue)?;
         let queue = self.queues[q as usize].as_mut().expect("owned");
         Ok((queue.records.pop_front(), queue.lost))
+    }
+
+    /// How many records a client's fault queue has lost so far (without taking any).
+    pub fn fault_queue_lost(&self, client: u32, queue: FaultQueueId) -> Result<u32, Error> {
+        let q = self.owned_queue(client, queue)?;
+        Ok(self.queues[q as usize].as_ref().expect("owned").lost)
     }
 
     // ----- teardown -----

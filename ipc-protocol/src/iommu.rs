@@ -186,10 +186,26 @@ pub enum IommuRequest {
     AllocPasid { device: DeviceId },
     /// Free a private PASID; it must be detached first (else `Busy`). Reply: `Done`.
     FreePasid { pasid: Pasid },
+    /// Grant memory: the `frames` frame capabilities transferred with this call (in
+    /// order, each one or more contiguous pages) become one region, named by the index
+    /// in the reply in later [`MemoryRef`]s. The server keeps its copies of the
+    /// capabilities, so the frames stay allocated (pinned) until the region is revoked
+    /// or the client's teardown completed. Reply: [`IommuReply::Granted`].
+    GrantMemory { frames: u32 },
+    /// Give a region back: `Busy` while a mapping or a fault ring uses it. The server
+    /// deletes its capabilities to the frames. Reply: `Done`.
+    RevokeMemory { region: u32 },
+    /// Administrative (init's capability only, else `Denied`): the process of client
+    /// `client` ended. The server detaches its devices, unmaps and destroys its IOASes
+    /// (invalidations completed), frees its fault queues and PASIDs and only then deletes
+    /// its capabilities to the client's memory. Reply: [`IommuReply::Released`].
+    ClientDied { client: u32 },
+    /// Administrative: what client `client` holds. Reply: [`IommuReply::Usage`].
+    ClientUsage { client: u32 },
 }
 
 impl IommuRequest {
-    const COUNT: u16 = 16;
+    const COUNT: u16 = 20;
 }
 
 impl Request for IommuRequest {
@@ -212,12 +228,30 @@ impl Request for IommuRequest {
                 IommuRequest::PageResponse { .. } => 13,
                 IommuRequest::AllocPasid { .. } => 14,
                 IommuRequest::FreePasid { .. } => 15,
+                IommuRequest::GrantMemory { .. } => 16,
+                IommuRequest::RevokeMemory { .. } => 17,
+                IommuRequest::ClientDied { .. } => 18,
+                IommuRequest::ClientUsage { .. } => 19,
             }
     }
 
     fn is_known_label(label: u16) -> bool {
         (IOMMU_LABEL_BASE..IOMMU_LABEL_BASE + Self::COUNT).contains(&label)
     }
+}
+
+/// What a client holds at iommu-server (answer to [`IommuRequest::ClientUsage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientUsage {
+    /// Devices it has open.
+    pub devices: u32,
+    pub ioas: u32,
+    pub mapped_bytes: u64,
+    pub fault_queues: u32,
+    /// Private PASIDs allocated.
+    pub pasids: u32,
+    /// Regions of granted memory.
+    pub regions: u32,
 }
 
 /// Replies of iommu-server.
@@ -232,4 +266,9 @@ pub enum IommuReply {
     FaultQueueAllocated { queue: FaultQueueId },
     PasidAllocated { pasid: Pasid },
     Done,
+    /// The region index of granted memory.
+    Granted { region: u32 },
+    /// A dead client's teardown completed: this many frames are no longer held.
+    Released { frames: u32 },
+    Usage(ClientUsage),
 }

@@ -109,6 +109,10 @@ fn iommu_requests() -> Vec<IommuRequest> {
         },
         IommuRequest::AllocPasid { device },
         IommuRequest::FreePasid { pasid: 0x1234 },
+        IommuRequest::GrantMemory { frames: 16 },
+        IommuRequest::RevokeMemory { region: 3 },
+        IommuRequest::ClientDied { client: 2 },
+        IommuRequest::ClientUsage { client: u32::MAX },
     ]
 }
 
@@ -240,6 +244,39 @@ fn replies_round_trip_and_carry_errors() {
 }
 
 #[test]
+fn platform_requests_follow_the_existing_labels_and_their_replies_round_trip() {
+    // Memory grants and the administrative requests came after FreePasid (0x020f).
+    assert_eq!(IommuRequest::GrantMemory { frames: 1 }.label(), 0x0210);
+    assert_eq!(IommuRequest::ClientUsage { client: 0 }.label(), 0x0213);
+    assert!(!IommuRequest::is_known_label(0x0214));
+    let mut buf = [0u8; MAX_MESSAGE_BYTES];
+    for (req, reply) in [
+        (
+            IommuRequest::GrantMemory { frames: 2 },
+            IommuReply::Granted { region: 7 },
+        ),
+        (
+            IommuRequest::ClientDied { client: 1 },
+            IommuReply::Released { frames: 12 },
+        ),
+        (
+            IommuRequest::ClientUsage { client: 1 },
+            IommuReply::Usage(ClientUsage {
+                devices: 1,
+                ioas: 2,
+                mapped_bytes: 1 << 40,
+                fault_queues: 1,
+                pasids: 3,
+                regions: 4,
+            }),
+        ),
+    ] {
+        let n = encode_reply(req.label(), Ok(&reply), &mut buf).unwrap();
+        assert_eq!(decode_reply::<IommuReply>(req.label(), &buf[..n]), Ok(reply));
+    }
+}
+
+#[test]
 fn encoding_into_a_small_buffer_is_an_error() {
     let r = PasidRequest::CreateSet {
         owner: u64::MAX,
@@ -266,7 +303,7 @@ proptest! {
 
     #[test]
     fn random_bodies_behind_a_valid_header_never_panic(
-        label in 0x0100u16..0x0210,
+        label in 0x0100u16..0x0220,
         body in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
         let mut bytes = PROTOCOL_VERSION.to_le_bytes().to_vec();
@@ -277,7 +314,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_messages_never_panic(
-        which in 0usize..28,
+        which in 0usize..32,
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
         cut in any::<usize>(),
     ) {

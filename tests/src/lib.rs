@@ -5,6 +5,7 @@
 //! `<N> passed, <M> failed` line, the convention every test image and runner here follows.
 
 pub mod pasid;
+pub mod simulated;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -47,7 +48,12 @@ pub fn run_all(scenarios: &[Scenario], filter: Option<&str>) -> (usize, usize) {
                 passed += 1;
             }
             Err(reason) => {
-                println!("FAIL {}: {reason}", s.name);
+                // A seeded scenario reports `(seed <n>): <why>`: `FAIL <name> (seed <n>): <why>`.
+                if reason.starts_with("(seed ") {
+                    println!("FAIL {} {reason}", s.name);
+                } else {
+                    println!("FAIL {}: {reason}", s.name);
+                }
                 failed += 1;
             }
         }

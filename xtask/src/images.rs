@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::util::{self, root, Fail};
@@ -157,7 +157,37 @@ fn parse_closing(line: &str) -> Option<(usize, usize)> {
     Some((p.parse().ok()?, f.parse().ok()?))
 }
 
-/// Builds and runs `image` with `extra` QEMU arguments, echoing its output.
+/// Where each run's full output is saved: `target/qemu-logs/<image>.log`.
+pub fn log_dir() -> PathBuf {
+    root().join("target").join("qemu-logs")
+}
+
+/// The logs [`run`] wrote in this process, in order.
+static WRITTEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The logs written by the runs of this `cargo xtask` invocation.
+pub fn logs_written() -> Vec<PathBuf> {
+    WRITTEN.lock().map(|w| w.clone()).unwrap_or_default()
+}
+
+/// Saves a run's output as `target/qemu-logs/<image>.log`.
+fn save_log(image: &Image, lines: &[String]) -> Result<(), Fail> {
+    let dir = log_dir();
+    let path = dir.join(format!("{}.log", image.name));
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, text))
+        .map_err(|e| Fail(format!("cannot save {}: {e}", path.display())))?;
+    if let Ok(mut w) = WRITTEN.lock() {
+        w.retain(|p| p != &path);
+        w.push(path);
+    }
+    Ok(())
+}
+
+/// Builds and runs `image` with `extra` QEMU arguments, echoing its output and saving it
+/// to `target/qemu-logs/<image>.log`.
 pub fn run(image: &Image, extra: &[String]) -> Result<Summary, Fail> {
     let mut argv = (image.build)()?;
     argv.extend(extra.iter().cloned());
@@ -193,9 +223,11 @@ pub fn run(image: &Image, extra: &[String]) -> Result<Summary, Fail> {
         std::thread::sleep(Duration::from_millis(50));
     };
     let _ = reader.join();
+    let lines: Vec<String> = rx.try_iter().collect();
+    save_log(image, &lines)?;
     let mut summary = Summary::default();
-    for line in rx.try_iter() {
-        summary.read_line(&line);
+    for line in &lines {
+        summary.read_line(line);
     }
     let Some(status) = status else {
         return Err(Fail(format!(

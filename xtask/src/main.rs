@@ -5,10 +5,13 @@
 //! cargo xtask test                      every test: lint, host tests, fuzz corpus, scenarios, QEMU images
 //! cargo xtask demo                      the servers at work
 //! cargo xtask bench                     benchmarks (figures printed)
+//! cargo xtask capgraph [out.svg]        draw the default system's capabilities (SVG)
 //! cargo xtask qemu <image> [-- args]    build an image and run it under QEMU
+//! cargo xtask agreement                 compare the saved QEMU logs' fault records with the models'
 //! cargo xtask fuzz [seconds]            run the protocol fuzzer (nightly + cargo-fuzz)
 //! ```
 
+mod agreement;
 mod images;
 mod sel4;
 mod setup;
@@ -27,7 +30,9 @@ fn usage() -> ExitCode {
            test                    run every test (lint, host, fuzz corpus, scenarios, QEMU images)\n  \
            demo                    show the servers at work\n  \
            bench                   run the benchmarks and print their figures\n  \
+           capgraph [out.svg]      draw who holds what in the default system (target/capgraph.svg)\n  \
            qemu <image> [-- args]  build and boot an image; images: {}\n  \
+           agreement               compare fault records in target/qemu-logs with the models'\n  \
            fuzz [seconds]          fuzz the protocol decoders (default 60 s)",
         images::names().join(", ")
     );
@@ -45,7 +50,9 @@ fn main() -> ExitCode {
         "test" => test(),
         "demo" => demo(),
         "bench" => bench(),
+        "capgraph" => capgraph(rest),
         "qemu" => qemu(rest),
+        "agreement" => agreement::check(&agreement::saved_logs()),
         "fuzz" => fuzz(rest),
         "-h" | "--help" | "help" => return usage(),
         other => {
@@ -109,6 +116,11 @@ fn test() -> Result<(), Fail> {
             Box::new(move || images::run(images::find(name).unwrap(), &[]).map(|_| ())),
         ));
     }
+    // After the images: their fault records against the models'.
+    steps.push((
+        "model agreement",
+        Box::new(|| agreement::check(&images::logs_written())),
+    ));
     let total = steps.len();
     let mut passed = 0;
     for (name, step) in &steps {
@@ -189,6 +201,47 @@ fn demo() -> Result<(), Fail> {
             images::run(image, &[])?;
         }
     }
+    Ok(())
+}
+
+/// Renders the default system description's capability graph with Graphviz `dot`
+/// (installed from Debian when missing) to `out` (default `target/capgraph.svg`).
+fn capgraph(rest: &[String]) -> Result<(), Fail> {
+    use system_description::{default_system, dot, IommuKind};
+    let out = match rest.first() {
+        Some(p) => std::path::PathBuf::from(p),
+        None => root().join("target").join("capgraph.svg"),
+    };
+    setup::graphviz()?;
+    let desc = default_system(IommuKind::Smmuv3);
+    desc.validate()
+        .map_err(|e| Fail(format!("the default system description is invalid: {e}")))?;
+    let source = dot::render(&desc);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Fail(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .arg("-o")
+        .arg(&out)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Fail(format!("cannot run dot: {e}")))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin
+            .write_all(source.as_bytes())
+            .map_err(|e| Fail(format!("cannot feed dot: {e}")))?;
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Fail(format!("dot did not finish: {e}")))?;
+    if !status.success() {
+        return Err(Fail(format!("dot exited with {status}")));
+    }
+    println!("{}", out.display());
     Ok(())
 }
 

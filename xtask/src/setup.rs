@@ -67,6 +67,11 @@ pub fn debian(packages: &[(&str, &str)]) -> Result<(), Fail> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Graphviz's `dot`, for `cargo xtask capgraph`.
+pub fn graphviz() -> Result<(), Fail> {
+    debian(&[("dot", "graphviz")])
+}
+
 /// The fuzzer needs a nightly toolchain and cargo-fuzz.
 pub fn fuzz_tools() -> Result<(), Fail> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();

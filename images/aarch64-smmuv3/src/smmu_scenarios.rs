@@ -15,6 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use smmuv3::event::Event;
+use smmuv3::evtq::DrainReport;
 use smmuv3::ste::StreamConfig;
 use smmuv3::{DomainId, Prot};
 
@@ -185,8 +186,32 @@ fn expect_faults(
     Ok(events.len())
 }
 
-fn expect_no_events(rig: &mut Rig, clock: &Clock, what: &str) -> Verdict {
+/// Prints `RECORD smmuv3 <scenario> <record>` for each event drained, in the
+/// canonical form of [`Event`]'s `Display`. `cargo xtask test` compares these
+/// lines, per scenario, with the records the project's SMMUv3 model writes
+/// when iommu-models' `agreement` binary runs the same scenario.
+fn record(scenario: &str, events: &[Event]) {
+    for e in events {
+        crate::println!("RECORD smmuv3 {scenario} {e}");
+    }
+}
+
+/// [`Rig::events`], recorded.
+fn collect(rig: &mut Rig, clock: &Clock, scenario: &str) -> Vec<Event> {
     let events = rig.events(clock, SETTLE_US);
+    record(scenario, &events);
+    events
+}
+
+/// [`Rig::drain`], recorded.
+fn drain(rig: &mut Rig, scenario: &str) -> (Vec<Event>, DrainReport) {
+    let (events, report) = rig.drain();
+    record(scenario, &events);
+    (events, report)
+}
+
+fn expect_no_events(rig: &mut Rig, clock: &Clock, scenario: &str, what: &str) -> Verdict {
+    let events = collect(rig, clock, scenario);
     match events.first() {
         None => Ok(()),
         Some(e) => Err(format!(
@@ -226,7 +251,7 @@ fn targets(rig: &Rig) -> Vec<Target> {
 /// Finishes a scenario: no unexpected events or global errors, and the
 /// command queue counters.
 fn finish(rig: &mut Rig, clock: &Clock, name: &str) -> Verdict {
-    expect_no_events(rig, clock, "at the end")?;
+    expect_no_events(rig, clock, name, "at the end")?;
     rig.check_global_errors()?;
     rig.print_stats(name);
     Ok(())
@@ -237,6 +262,7 @@ fn finish(rig: &mut Rig, clock: &Clock, name: &str) -> Verdict {
 /// One stage-1 domain per device; DMA RAM -> edu -> RAM through mappings
 /// whose IOVAs differ from the physical addresses, data checked.
 pub fn translated_dma(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-translated-dma";
     let clock = ctx.clock;
     let mut rig = Rig::start(ctx, RigConfig::default())?;
     for (i, t) in targets(&rig).iter().enumerate() {
@@ -290,9 +316,9 @@ pub fn translated_dma(ctx: &mut Context<'_>) -> Verdict {
             dst_iova + dst_off,
             dst.phys() + dst_off
         );
-        expect_no_events(&mut rig, &clock, "translated DMA")?;
+        expect_no_events(&mut rig, &clock, NAME, "translated DMA")?;
     }
-    finish(&mut rig, &clock, "smmu-translated-dma")
+    finish(&mut rig, &clock, NAME)
 }
 
 // --- smmu-fault-translation ------------------------------------------------
@@ -302,53 +328,72 @@ pub fn translated_dma(ctx: &mut Context<'_>) -> Verdict {
 /// the physical address of a sentinel page, so DMA that escaped translation
 /// would show up there.
 pub fn fault_translation(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-fault-translation";
     let clock = ctx.clock;
     let mut rig = Rig::start(ctx, RigConfig::default())?;
-    for (i, t) in targets(&rig).iter().enumerate() {
+    let ts = targets(&rig);
+    let mut sentinels = sentinel_pages(ctx, ts.len())?;
+    let secret = fill(&mut sentinels, 0x5ec0_0000);
+    for (i, t) in ts.iter().enumerate() {
         let dom = domain_for(&mut rig, i, t.sid)?;
         let mut good = buffer(ctx, PAGE)?;
         let good_iova = iova_base(i);
         map_buffer(&mut rig, dom, good_iova, &good, Prot::READ_WRITE)?;
-        let mut sentinel = buffer(ctx, PAGE)?;
-        let secret = fill(&mut sentinel, 0x5ec0_0000 | t.sid);
-        let iova = sentinel.phys() + 0x40;
+        let sentinel = sentinels.phys() + i as u64 * PAGE;
+        let iova = sentinel + 0x40;
         if rig.smmu.translate(dom, iova).map_err(drv)?.is_some() {
             return Err(format!("IOVA 0x{iova:x} is mapped"));
         }
         fill(&mut good, 0x600d_0000 | t.sid);
         to_edu(t, &clock, good_iova, EDU_BUF, SHORT)?;
-        expect_no_events(&mut rig, &clock, "preloading the edu buffer")?;
+        expect_no_events(&mut rig, &clock, NAME, "preloading the edu buffer")?;
 
         // The device reads the unmapped IOVA.
         to_edu(t, &clock, iova, EDU_BUF, SHORT)?;
-        let events = rig.events(&clock, SETTLE_US);
+        let events = collect(&mut rig, &clock, NAME);
         let reads = expect_faults(&events, Fault::Translation, t.sid, iova, SHORT, true)?;
         // What the device received is not the sentinel's data.
         from_edu(t, &clock, EDU_BUF, good_iova + 0x100, SHORT)?;
         let got = snapshot(&good);
-        if got.get(0x100..0x100 + SHORT as usize) == secret.get(0x40..0x40 + SHORT as usize) {
+        let s = (iova - sentinels.phys()) as usize;
+        if got.get(0x100..0x100 + SHORT as usize) == secret.get(s..s + SHORT as usize) {
             return Err(format!(
                 "{}: the faulting read delivered the sentinel's data to the device",
                 t.dev.bdf
             ));
         }
-        expect_no_events(&mut rig, &clock, "reading back the edu buffer")?;
+        expect_no_events(&mut rig, &clock, NAME, "reading back the edu buffer")?;
 
         // The device writes the unmapped IOVA.
         from_edu(t, &clock, EDU_BUF, iova, SHORT)?;
-        let events = rig.events(&clock, SETTLE_US);
+        let events = collect(&mut rig, &clock, NAME);
         let writes = expect_faults(&events, Fault::Translation, t.sid, iova, SHORT, false)?;
-        unchanged(&sentinel, &secret, "the sentinel page")?;
+        unchanged(&sentinels, &secret, "the sentinel pages")?;
         crate::println!(
             "  edu {} StreamID 0x{:04x}: unmapped IOVA 0x{iova:x}: read -> {reads} F_TRANSLATION (RnW=1), \
              write -> {writes} F_TRANSLATION (RnW=0), StreamID and addresses match; \
-             no data reached the device or PA 0x{:x}",
+             no data reached the device or PA 0x{sentinel:x}",
             t.dev.bdf,
             t.sid,
-            sentinel.phys()
         );
     }
-    finish(&mut rig, &clock, "smmu-fault-translation")
+    finish(&mut rig, &clock, NAME)
+}
+
+/// Alignment of the sentinel pages of [`fault_translation`]: they start at
+/// the first 256 MiB boundary of free RAM, 0x5000_0000 with QEMU's default
+/// command line (512 MiB of RAM at 1 GiB), so the faulting IOVAs, and the
+/// records, are the same in every run and the model's `agreement` binary
+/// (iommu-models) repeats them. With less RAM any free pages are used.
+const SENTINEL_ALIGN: u64 = 1 << 28;
+
+/// `n` sentinel pages, see [`SENTINEL_ALIGN`].
+fn sentinel_pages(ctx: &mut Context<'_>, n: usize) -> Result<DmaBuffer, String> {
+    let len = n as u64 * PAGE;
+    match ctx.frames.alloc_dma_aligned(len as usize, SENTINEL_ALIGN) {
+        Ok(b) => Ok(b),
+        Err(_) => buffer(ctx, len),
+    }
 }
 
 // --- smmu-fault-permission -------------------------------------------------
@@ -356,6 +401,7 @@ pub fn fault_translation(ctx: &mut Context<'_>) -> Verdict {
 /// A read-only mapping can be read by DMA; a DMA write to it gives
 /// F_PERMISSION records (StreamID, IOVA, write) and leaves the page as it was.
 pub fn fault_permission(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-fault-permission";
     let clock = ctx.clock;
     let mut rig = Rig::start(ctx, RigConfig::default())?;
     for (i, t) in targets(&rig).iter().enumerate() {
@@ -378,12 +424,12 @@ pub fn fault_permission(ctx: &mut Context<'_>) -> Verdict {
                 t.dev.bdf
             ));
         }
-        expect_no_events(&mut rig, &clock, "reading a read-only mapping")?;
+        expect_no_events(&mut rig, &clock, NAME, "reading a read-only mapping")?;
 
         // Writing it faults.
         let target = ro_iova + 0x80;
         from_edu(t, &clock, EDU_BUF, target, SHORT)?;
-        let events = rig.events(&clock, SETTLE_US);
+        let events = collect(&mut rig, &clock, NAME);
         let n = expect_faults(&events, Fault::Permission, t.sid, target, SHORT, false)?;
         unchanged(&ro, &original, "the read-only page")?;
         crate::println!(
@@ -394,7 +440,7 @@ pub fn fault_permission(ctx: &mut Context<'_>) -> Verdict {
             ro.phys()
         );
     }
-    finish(&mut rig, &clock, "smmu-fault-permission")
+    finish(&mut rig, &clock, NAME)
 }
 
 // --- smmu-unmap-invalidates ------------------------------------------------
@@ -404,6 +450,7 @@ pub fn fault_permission(ctx: &mut Context<'_>) -> Verdict {
 /// the old page stays untouched; mapping the IOVA again to another page
 /// sends DMA there.
 pub fn unmap_invalidates(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-unmap-invalidates";
     let clock = ctx.clock;
     let mut rig = Rig::start(ctx, RigConfig::default())?;
     for (i, t) in targets(&rig).iter().enumerate() {
@@ -428,7 +475,7 @@ pub fn unmap_invalidates(ctx: &mut Context<'_>) -> Verdict {
                 dst_iova + 0x40
             ));
         }
-        expect_no_events(&mut rig, &clock, "DMA before the unmap")?;
+        expect_no_events(&mut rig, &clock, NAME, "DMA before the unmap")?;
 
         let before = rig.smmu.cmdq_stats();
         let removed = rig.smmu.unmap(dom, dst_iova, PAGE).map_err(drv)?;
@@ -448,11 +495,11 @@ pub fn unmap_invalidates(ctx: &mut Context<'_>) -> Verdict {
         to_edu(t, &clock, src_iova, EDU_BUF, SHORT)?;
         let target = dst_iova + 0x40;
         from_edu(t, &clock, EDU_BUF, target, SHORT)?;
-        let events = rig.events(&clock, SETTLE_US);
+        let events = collect(&mut rig, &clock, NAME);
         let writes = expect_faults(&events, Fault::Translation, t.sid, target, SHORT, false)?;
         unchanged(&dst, &after_first, "the unmapped page")?;
         to_edu(t, &clock, target, EDU_BUF, SHORT)?;
-        let events = rig.events(&clock, SETTLE_US);
+        let events = collect(&mut rig, &clock, NAME);
         let reads = expect_faults(&events, Fault::Translation, t.sid, target, SHORT, true)?;
 
         // Map the IOVA to another page: DMA goes there, not to the old one.
@@ -472,7 +519,7 @@ pub fn unmap_invalidates(ctx: &mut Context<'_>) -> Verdict {
             ));
         }
         unchanged(&dst, &after_first, "the old page")?;
-        expect_no_events(&mut rig, &clock, "DMA after remapping")?;
+        expect_no_events(&mut rig, &clock, NAME, "DMA after remapping")?;
         crate::println!(
             "  edu {} StreamID 0x{:04x}: IOVA 0x{dst_iova:x} (PA 0x{:x}) used, then unmapped with {} command(s) \
              ({} CMD_SYNC); DMA to it -> {writes} + {reads} F_TRANSLATION, old page unchanged; \
@@ -484,9 +531,9 @@ pub fn unmap_invalidates(ctx: &mut Context<'_>) -> Verdict {
             after.syncs - before.syncs,
             other.phys()
         );
-        unmap_range(&mut rig, ctx, &clock, t, i, dom, &mut src)?;
+        unmap_range(NAME, &mut rig, ctx, &clock, t, i, dom, &mut src)?;
     }
-    finish(&mut rig, &clock, "smmu-unmap-invalidates")
+    finish(&mut rig, &clock, NAME)
 }
 
 /// Pages of the range unmapped at once: not a power of two, and the only
@@ -496,7 +543,9 @@ const RANGE_PAGES: u64 = 5;
 /// Every page of a multi-page range is used by DMA, then the range is
 /// unmapped with one call: DMA to each page (first and last included)
 /// faults and the memory stays unchanged.
+#[allow(clippy::too_many_arguments)] // one scenario step; the arguments are its context
 fn unmap_range(
+    scenario: &str,
     rig: &mut Rig,
     ctx: &mut Context<'_>,
     clock: &Clock,
@@ -534,7 +583,7 @@ fn unmap_range(
         }
         off += 2 * PAGE;
     }
-    expect_no_events(rig, clock, "DMA to the range")?;
+    expect_no_events(rig, clock, scenario, "DMA to the range")?;
 
     let stats = rig.smmu.cmdq_stats();
     let removed = rig.smmu.unmap(dom, range_iova, size).map_err(drv)?;
@@ -548,7 +597,7 @@ fn unmap_range(
     for k in 0..RANGE_PAGES {
         let target = range_iova + k * PAGE + 0x100;
         from_edu(t, clock, EDU_BUF, target, 4)?;
-        let events = rig.events(clock, SETTLE_US);
+        let events = collect(rig, clock, scenario);
         let n = expect_faults(&events, Fault::Translation, t.sid, target, 4, false)?;
         if n != 1 {
             return Err(format!(
@@ -573,6 +622,7 @@ fn unmap_range(
 
 /// Config = abort: DMA is dropped without an event, in both directions.
 pub fn abort_ste(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-abort-ste";
     let clock = ctx.clock;
     let mut rig = Rig::start(ctx, RigConfig::default())?;
     for (i, t) in targets(&rig).iter().enumerate() {
@@ -588,10 +638,10 @@ pub fn abort_ste(ctx: &mut Context<'_>) -> Verdict {
         rig.smmu.set_abort(t.sid).map_err(drv)?;
         // Bus addresses are the sentinel's PA: bypass would reach it.
         from_edu(t, &clock, EDU_BUF, sentinel.phys(), SHORT)?;
-        expect_no_events(&mut rig, &clock, "write with an abort STE")?;
+        expect_no_events(&mut rig, &clock, NAME, "write with an abort STE")?;
         unchanged(&sentinel, &secret, "the sentinel page")?;
         to_edu(t, &clock, sentinel.phys(), EDU_BUF, SHORT)?;
-        expect_no_events(&mut rig, &clock, "read with an abort STE")?;
+        expect_no_events(&mut rig, &clock, NAME, "read with an abort STE")?;
 
         // Translate again and look at what the device holds.
         rig.smmu.attach(t.sid, dom).map_err(drv)?;
@@ -603,7 +653,7 @@ pub fn abort_ste(ctx: &mut Context<'_>) -> Verdict {
                 t.dev.bdf
             ));
         }
-        expect_no_events(&mut rig, &clock, "after re-attaching")?;
+        expect_no_events(&mut rig, &clock, NAME, "after re-attaching")?;
         crate::println!(
             "  edu {} StreamID 0x{:04x}: abort STE: write to and read from PA 0x{:x} dropped, no event, memory unchanged",
             t.dev.bdf,
@@ -611,11 +661,12 @@ pub fn abort_ste(ctx: &mut Context<'_>) -> Verdict {
             sentinel.phys()
         );
     }
-    finish(&mut rig, &clock, "smmu-abort-ste")
+    finish(&mut rig, &clock, NAME)
 }
 
 /// Config = bypass: DMA uses physical addresses (IOVA == PA).
 pub fn bypass_ste(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-bypass-ste";
     let clock = ctx.clock;
     let mut rig = Rig::start(ctx, RigConfig::default())?;
     for t in &targets(&rig) {
@@ -638,7 +689,7 @@ pub fn bypass_ste(ctx: &mut Context<'_>) -> Verdict {
                 t.dev.bdf
             ));
         }
-        expect_no_events(&mut rig, &clock, "bypass DMA")?;
+        expect_no_events(&mut rig, &clock, NAME, "bypass DMA")?;
         crate::println!(
             "  edu {} StreamID 0x{:04x}: bypass STE: {len} bytes PA 0x{:x} -> edu -> PA 0x{:x}: data matches",
             t.dev.bdf,
@@ -647,12 +698,13 @@ pub fn bypass_ste(ctx: &mut Context<'_>) -> Verdict {
             dst.phys() + 0x20
         );
     }
-    finish(&mut rig, &clock, "smmu-bypass-ste")
+    finish(&mut rig, &clock, NAME)
 }
 
 /// V = 0: DMA gives C_BAD_STE records with the StreamID and does not reach
 /// memory.
 pub fn invalid_ste(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-invalid-ste";
     let clock = ctx.clock;
     let mut rig = Rig::start(ctx, RigConfig::default())?;
     for t in &targets(&rig) {
@@ -668,7 +720,7 @@ pub fn invalid_ste(ctx: &mut Context<'_>) -> Verdict {
             } else {
                 from_edu(t, &clock, EDU_BUF, sentinel.phys(), SHORT)?;
             }
-            let events = rig.events(&clock, SETTLE_US);
+            let events = collect(&mut rig, &clock, NAME);
             if events.is_empty() {
                 return Err(format!(
                     "{}: no C_BAD_STE event for a {} with V = 0",
@@ -699,7 +751,7 @@ pub fn invalid_ste(ctx: &mut Context<'_>) -> Verdict {
             counts[1]
         );
     }
-    finish(&mut rig, &clock, "smmu-invalid-ste")
+    finish(&mut rig, &clock, NAME)
 }
 
 // --- smmu-isolation --------------------------------------------------------
@@ -709,6 +761,7 @@ pub fn invalid_ste(ctx: &mut Context<'_>) -> Verdict {
 /// was), the same IOVA in two domains reaches two different pages, and every
 /// device keeps working through its own mappings.
 pub fn isolation(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-isolation";
     let clock = ctx.clock;
     let mut rig = Rig::start(ctx, RigConfig::default())?;
     let ts = targets(&rig);
@@ -750,7 +803,7 @@ pub fn isolation(ctx: &mut Context<'_>) -> Verdict {
     for (i, t) in ts.iter().enumerate() {
         round_trip(&mut own, i, t, 0x0a0a_0000 | t.sid)?;
     }
-    expect_no_events(&mut rig, &clock, "own mappings")?;
+    expect_no_events(&mut rig, &clock, NAME, "own mappings")?;
 
     // Device a reaches for device b's IOVA.
     for a in 0..ts.len() {
@@ -759,11 +812,11 @@ pub fn isolation(ctx: &mut Context<'_>) -> Verdict {
         let b_before = snapshot(&own[b]);
         let target = iova_base(b) + 0x200;
         from_edu(ta, &clock, EDU_BUF, target, SHORT)?;
-        let events = rig.events(&clock, SETTLE_US);
+        let events = collect(&mut rig, &clock, NAME);
         let writes = expect_faults(&events, Fault::Translation, ta.sid, target, SHORT, false)?;
         unchanged(&own[b], &b_before, "the other device's page")?;
         to_edu(ta, &clock, iova_base(b), EDU_BUF, SHORT)?;
-        let events = rig.events(&clock, SETTLE_US);
+        let events = collect(&mut rig, &clock, NAME);
         let reads = expect_faults(
             &events,
             Fault::Translation,
@@ -783,7 +836,7 @@ pub fn isolation(ctx: &mut Context<'_>) -> Verdict {
                 iova_base(b)
             ));
         }
-        expect_no_events(&mut rig, &clock, "reading back")?;
+        expect_no_events(&mut rig, &clock, NAME, "reading back")?;
         crate::println!(
             "  edu {} (StreamID 0x{:04x}, ASID {}) -> IOVA 0x{:x} of edu {} (ASID {}): write -> {writes}, read -> {reads} \
              F_TRANSLATION with StreamID 0x{:04x}; PA 0x{:x} unchanged",
@@ -822,7 +875,7 @@ pub fn isolation(ctx: &mut Context<'_>) -> Verdict {
         "  IOVA 0x{SHARED_IOVA:x} mapped in {} domains to different pages: each device's DMA reached its own page",
         ts.len()
     );
-    expect_no_events(&mut rig, &clock, "shared IOVA")?;
+    expect_no_events(&mut rig, &clock, NAME, "shared IOVA")?;
 
     for (i, t) in ts.iter().enumerate() {
         round_trip(&mut own, i, t, 0x0b0b_0000 | t.sid)?;
@@ -831,7 +884,7 @@ pub fn isolation(ctx: &mut Context<'_>) -> Verdict {
         "  all {} devices still work through their own mappings",
         ts.len()
     );
-    finish(&mut rig, &clock, "smmu-isolation")
+    finish(&mut rig, &clock, NAME)
 }
 
 // --- smmu-event-flood ------------------------------------------------------
@@ -846,6 +899,7 @@ const FLOOD_DMAS: u64 = 4;
 /// both event recording and translated DMA work afterwards. Every device in
 /// turn floods the queue.
 pub fn event_flood(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-event-flood";
     let clock = ctx.clock;
     let mut rig = Rig::start(
         ctx,
@@ -867,7 +921,7 @@ pub fn event_flood(ctx: &mut Context<'_>) -> Verdict {
         }
         let faults = FLOOD_DMAS * SHORT / 4;
         clock.delay_us(SETTLE_US);
-        let (events, report) = rig.drain();
+        let (events, report) = drain(&mut rig, NAME);
         let lost = faults.saturating_sub(events.len() as u64);
         crate::println!(
             "  edu {} StreamID 0x{:04x}: {FLOOD_DMAS} faulting DMAs of {SHORT} bytes = {faults} faulting accesses; \
@@ -904,7 +958,7 @@ pub fn event_flood(ctx: &mut Context<'_>) -> Verdict {
             ));
         }
         rig.check_global_errors()?;
-        let (events, report) = rig.drain();
+        let (events, report) = drain(&mut rig, NAME);
         if !events.is_empty() || report.lost_records() || report.full {
             return Err(format!(
                 "second drain: {} record(s), lost = {}, full = {}",
@@ -916,12 +970,12 @@ pub fn event_flood(ctx: &mut Context<'_>) -> Verdict {
 
         // Recording works again: one 4-byte access, one record.
         from_edu(t, &clock, EDU_BUF, hole, 4)?;
-        let events = rig.events(&clock, SETTLE_US);
+        let events = collect(&mut rig, &clock, NAME);
         let n = expect_faults(&events, Fault::Translation, t.sid, hole, 4, false)?;
         if n != 1 {
             return Err(format!("a 4-byte faulting DMA gave {n} records"));
         }
-        let (_, report) = rig.drain();
+        let (_, report) = drain(&mut rig, NAME);
         if report.lost_records() {
             return Err(String::from("loss reported again after recovery"));
         }
@@ -939,7 +993,7 @@ pub fn event_flood(ctx: &mut Context<'_>) -> Verdict {
              translated DMA through IOVA 0x{iova:x} works"
         );
     }
-    finish(&mut rig, &clock, "smmu-event-flood")
+    finish(&mut rig, &clock, NAME)
 }
 
 // --- smmu-default-config ---------------------------------------------------
@@ -955,6 +1009,7 @@ const BLOCK_2M: u64 = 1 << 21;
 /// streams are configured), 48-bit IOVAs (4-level tables), and 2 MiB block
 /// mappings, including unmapping one page of a block (which splits it).
 pub fn default_config(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-default-config";
     let clock = ctx.clock;
     let mut rig = Rig::start(
         ctx,
@@ -995,7 +1050,7 @@ pub fn default_config(ctx: &mut Context<'_>) -> Verdict {
                 t.dev.bdf
             ));
         }
-        expect_no_events(&mut rig, &clock, "DMA through a block")?;
+        expect_no_events(&mut rig, &clock, NAME, "DMA through a block")?;
 
         // Unmap one page inside the block: the rest stays mapped.
         let page_off = 0x8_0000u64;
@@ -1008,7 +1063,7 @@ pub fn default_config(ctx: &mut Context<'_>) -> Verdict {
             ));
         }
         from_edu(t, &clock, EDU_BUF, page + 0x10, SHORT)?;
-        let events = rig.events(&clock, SETTLE_US);
+        let events = collect(&mut rig, &clock, NAME);
         let faults = expect_faults(
             &events,
             Fault::Translation,
@@ -1040,7 +1095,7 @@ pub fn default_config(ctx: &mut Context<'_>) -> Verdict {
                 page + PAGE
             ));
         }
-        expect_no_events(&mut rig, &clock, "DMA next to the unmapped page")?;
+        expect_no_events(&mut rig, &clock, NAME, "DMA next to the unmapped page")?;
         crate::println!(
             "  edu {} StreamID 0x{:04x}: 2 MiB block IOVA 0x{iova:x} -> PA 0x{:x}: {len} bytes copied within it; \
              page 0x{page:x} unmapped (block split): {faults} F_TRANSLATION, neighbour page still mapped",
@@ -1049,7 +1104,7 @@ pub fn default_config(ctx: &mut Context<'_>) -> Verdict {
             block.phys()
         );
     }
-    finish(&mut rig, &clock, "smmu-default-config")
+    finish(&mut rig, &clock, NAME)
 }
 
 // --- smmu-domain-lifecycle -------------------------------------------------
@@ -1069,6 +1124,7 @@ const WRAP_ROUNDS: u64 = 300;
 /// - after hundreds of map/unmap rounds (the command queue wraps), DMA
 ///   still works.
 pub fn domain_lifecycle(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-domain-lifecycle";
     let clock = ctx.clock;
     let mut rig = Rig::start(ctx, RigConfig::default())?;
     let ring_entries = 256u64;
@@ -1120,7 +1176,7 @@ pub fn domain_lifecycle(ctx: &mut Context<'_>) -> Verdict {
             ));
         }
         unchanged(&pages[0], &page1_before, "page 1 (domain A)")?;
-        expect_no_events(&mut rig, &clock, "moving between domains")?;
+        expect_no_events(&mut rig, &clock, NAME, "moving between domains")?;
 
         // B has a stream attached; A has none.
         if rig.smmu.destroy_domain(b).is_ok() {
@@ -1173,7 +1229,7 @@ pub fn domain_lifecycle(ctx: &mut Context<'_>) -> Verdict {
                 t.dev.bdf
             ));
         }
-        expect_no_events(&mut rig, &clock, "domain lifecycle")?;
+        expect_no_events(&mut rig, &clock, NAME, "domain lifecycle")?;
         rig.smmu.set_abort(t.sid).map_err(drv)?;
         rig.smmu.destroy_domain(c).map_err(drv)?;
         crate::println!(
@@ -1189,7 +1245,7 @@ pub fn domain_lifecycle(ctx: &mut Context<'_>) -> Verdict {
             after.syncs - before.syncs
         );
     }
-    finish(&mut rig, &clock, "smmu-domain-lifecycle")
+    finish(&mut rig, &clock, NAME)
 }
 
 // --- smmu-command-error ----------------------------------------------------
@@ -1205,6 +1261,7 @@ const ILLEGAL_OPCODE: u64 = 0x7f;
 /// works afterwards. The illegal command is written into the slot the driver
 /// fills next, as a faulty producer would.
 pub fn command_error(ctx: &mut Context<'_>) -> Verdict {
+    const NAME: &str = "smmu-command-error";
     use smmuv3::cmd::Command;
     use smmuv3::error::CommandErrorCode;
     use smmuv3::regs::{self as r, RegisterIo};
@@ -1286,5 +1343,5 @@ pub fn command_error(ctx: &mut Context<'_>) -> Verdict {
         }
     }
     crate::println!("  translated DMA works on every device after the recovery");
-    finish(&mut rig, &clock, "smmu-command-error")
+    finish(&mut rig, &clock, NAME)
 }

@@ -1,6 +1,12 @@
 //! Event records (SMMUv3 spec §7.3 "Event records"): 32 bytes, four little-endian words.
 //! Decoding is total: any bytes give an [`Event`] (unknown types become
 //! [`Event::Unknown`]); only a buffer of the wrong length is an error.
+//!
+//! [`Event`]'s `Display` is the canonical one-line form of a record (every field the
+//! decoded type carries, `key=value`), which the QEMU image and the hardware model print
+//! so that their records can be compared as text.
+
+use core::fmt;
 
 use crate::error::Error;
 use crate::regs::{field_get, genmask};
@@ -345,6 +351,139 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The record's type code (EVT.Type).
+    pub fn code(&self) -> u8 {
+        match self {
+            Event::Uut { .. } => EVT_ID_UUT,
+            Event::BadStreamId(_) => EVT_ID_BAD_STREAMID,
+            Event::SteFetch { .. } => EVT_ID_STE_FETCH,
+            Event::BadSte(_) => EVT_ID_BAD_STE,
+            Event::BadAtsTreq { .. } => EVT_ID_BAD_ATS_TREQ,
+            Event::StreamDisabled(_) => EVT_ID_STREAM_DISABLED,
+            Event::TranslForbidden { .. } => EVT_ID_TRANSL_FORBIDDEN,
+            Event::BadSubstreamId(_) => EVT_ID_BAD_SUBSTREAMID,
+            Event::CdFetch { .. } => EVT_ID_CD_FETCH,
+            Event::BadCd(_) => EVT_ID_BAD_CD,
+            Event::WalkEabt { .. } => EVT_ID_WALK_EABT,
+            Event::Translation(_) => EVT_ID_TRANSLATION,
+            Event::AddrSize(_) => EVT_ID_ADDR_SIZE,
+            Event::Access(_) => EVT_ID_ACCESS,
+            Event::Permission(_) => EVT_ID_PERMISSION,
+            Event::TlbConflict { .. } => EVT_ID_TLB_CONFLICT,
+            Event::CfgConflict { .. } => EVT_ID_CFG_CONFLICT,
+            Event::PageRequest { .. } => EVT_ID_PAGE_REQUEST,
+            Event::VmsFetch { .. } => EVT_ID_VMS_FETCH,
+            Event::ImplementationDefined { code, .. } | Event::Unknown { code, .. } => *code,
+        }
+    }
+}
+
+impl fmt::Display for StreamRef {
+    /// `sid=<hex> ssid=<hex|->`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sid={:#x} ssid=", self.sid)?;
+        match self.ssid {
+            Some(s) => write!(f, "{s:#x}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    /// `addr=<hex> rnw=<0|1> ind=<0|1> pnu=<0|1>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "addr={:#x} rnw={} ind={} pnu={}",
+            self.addr,
+            u8::from(self.read),
+            u8::from(self.instruction),
+            u8::from(self.privileged)
+        )
+    }
+}
+
+impl fmt::Display for FaultClass {
+    /// The spec's CLASS mnemonics in lower case: `cd`, `tt`, `in`, or `reserved`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FaultClass::Cd => "cd",
+            FaultClass::TranslationTable => "tt",
+            FaultClass::InputAddress => "in",
+            FaultClass::Reserved => "reserved",
+        })
+    }
+}
+
+impl fmt::Display for TranslationFault {
+    /// `<stream> <access> class=<c> s2=<0|1> ipa=<hex|-> stall=<0|1> stag=<hex>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} class={} s2={} ipa=",
+            self.stream,
+            self.access,
+            self.class,
+            u8::from(self.s2)
+        )?;
+        match self.ipa {
+            Some(ipa) => write!(f, "{ipa:#x}")?,
+            None => f.write_str("-")?,
+        }
+        write!(f, " stall={} stag={:#x}", u8::from(self.stall), self.stag)
+    }
+}
+
+struct Raw<'a>(&'a [u64; 4]);
+
+impl fmt::Display for Raw<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.0;
+        write!(f, "raw={:#x},{:#x},{:#x},{:#x}", w[0], w[1], w[2], w[3])
+    }
+}
+
+/// The canonical one-line form of a record: `type=<hex>` followed by every field the
+/// decoded type carries, as `key=value` in a fixed order, numbers in hexadecimal and
+/// flags as 0/1 (`-` for an absent SubstreamID or IPA), for example
+/// `type=0x10 sid=0x10 ssid=- addr=0x10000080 rnw=0 ind=0 pnu=0 class=cd s2=0 ipa=- stall=0 stag=0x0`.
+/// Types whose reason fields are not decoded end with the raw record words
+/// (`raw=<w0>,<w1>,<w2>,<w3>`).
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "type={:#x}", self.code())?;
+        match self {
+            Event::Uut { stream, access }
+            | Event::BadAtsTreq { stream, access }
+            | Event::TranslForbidden { stream, access } => write!(f, " {stream} {access}"),
+            Event::BadStreamId(stream)
+            | Event::BadSte(stream)
+            | Event::StreamDisabled(stream)
+            | Event::BadSubstreamId(stream)
+            | Event::BadCd(stream) => write!(f, " {stream}"),
+            Event::SteFetch { stream, fetch_addr } | Event::CdFetch { stream, fetch_addr } => {
+                write!(f, " {stream} fetch={fetch_addr:#x}")
+            }
+            Event::WalkEabt { fault, fetch_addr } => write!(f, " {fault} fetch={fetch_addr:#x}"),
+            Event::Translation(fault)
+            | Event::AddrSize(fault)
+            | Event::Access(fault)
+            | Event::Permission(fault) => write!(f, " {fault}"),
+            Event::TlbConflict { stream, addr, raw } | Event::PageRequest { stream, addr, raw } => {
+                write!(f, " {stream} addr={addr:#x} {}", Raw(raw))
+            }
+            Event::CfgConflict { stream, raw } => write!(f, " {stream} {}", Raw(raw)),
+            Event::VmsFetch { fetch_addr, raw } => {
+                write!(f, " fetch={fetch_addr:#x} {}", Raw(raw))
+            }
+            Event::ImplementationDefined { raw, .. } | Event::Unknown { raw, .. } => {
+                write!(f, " {}", Raw(raw))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,6 +656,88 @@ mod tests {
                 .sid,
             5
         );
+    }
+
+    #[test]
+    fn canonical_form_names_every_field() {
+        extern crate std;
+        use std::string::ToString;
+
+        let tr = Event::decode([
+            w0(0x10, 0x10, None),
+            (1 << 35) | (1 << 40) | (1 << 31) | 0x12,
+            0x4000_0040,
+            0,
+        ]);
+        assert_eq!(
+            tr.to_string(),
+            "type=0x10 sid=0x10 ssid=- addr=0x40000040 rnw=1 ind=0 pnu=0 class=tt s2=0 ipa=- \
+             stall=1 stag=0x12"
+        );
+        let perm = Event::decode([
+            w0(0x13, 0x100, Some(5)),
+            (1 << 34) | (1 << 33) | (1 << 39) | (2 << 40),
+            0x1000_0080,
+            0x0000_0012_3456_7fff,
+        ]);
+        assert_eq!(
+            perm.to_string(),
+            "type=0x13 sid=0x100 ssid=0x5 addr=0x10000080 rnw=0 ind=1 pnu=1 class=in s2=1 \
+             ipa=0x1234567000 stall=0 stag=0x0"
+        );
+        assert_eq!(
+            Event::decode([w0(0x04, 0x10, None), 0, 0, 0]).to_string(),
+            "type=0x4 sid=0x10 ssid=-"
+        );
+        assert_eq!(
+            Event::decode([w0(0x08, 1, Some(0xfffff)), 0, 0, 0]).to_string(),
+            "type=0x8 sid=0x1 ssid=0xfffff"
+        );
+        assert_eq!(
+            Event::decode([w0(0x03, 2, None), 0, 0, 0x4000_0048]).to_string(),
+            "type=0x3 sid=0x2 ssid=- fetch=0x40000048"
+        );
+        assert_eq!(
+            Event::decode([w0(0x0b, 2, None), 1 << 40, 0x5000, 0x8008]).to_string(),
+            "type=0xb sid=0x2 ssid=- addr=0x5000 rnw=0 ind=0 pnu=0 class=tt s2=0 ipa=- \
+             stall=0 stag=0x0 fetch=0x8008"
+        );
+        assert_eq!(
+            Event::decode([0x0c, 1, 2, 3]).to_string(),
+            "type=0xc raw=0xc,0x1,0x2,0x3"
+        );
+        assert_eq!(
+            Event::decode([w0(0x24, 1, None), 0, 0x1fff, 0]).to_string(),
+            "type=0x24 sid=0x1 ssid=- addr=0x1000 raw=0x100000024,0x0,0x1fff,0x0"
+        );
+        // Records that differ in any decoded field print differently; equal records print
+        // the same; the type code always comes first and the form is one line.
+        let base = [w0(0x10, 8, None), 1 << 35, 0x1000, 0];
+        let variants = [
+            [w0(0x10, 9, None), 1 << 35, 0x1000, 0],
+            [w0(0x10, 8, Some(0)), 1 << 35, 0x1000, 0],
+            [w0(0x10, 8, None), 0, 0x1000, 0],
+            [w0(0x10, 8, None), (1 << 35) | (1 << 34), 0x1000, 0],
+            [w0(0x10, 8, None), (1 << 35) | (1 << 33), 0x1000, 0],
+            [w0(0x10, 8, None), (1 << 35) | (1 << 40), 0x1000, 0],
+            [w0(0x10, 8, None), (1 << 35) | (1 << 39), 0x1000, 0x2000],
+            [w0(0x10, 8, None), (1 << 35) | (1 << 31), 0x1000, 0],
+            [w0(0x10, 8, None), (1 << 35) | 1, 0x1000, 0],
+            [w0(0x10, 8, None), 1 << 35, 0x1004, 0],
+            [w0(0x11, 8, None), 1 << 35, 0x1000, 0],
+        ];
+        let b = Event::decode(base).to_string();
+        assert_eq!(b, Event::decode(base).to_string());
+        for v in variants {
+            assert_ne!(Event::decode(v).to_string(), b, "{v:x?}");
+        }
+        for code in 0..=255u8 {
+            let e = Event::decode([u64::from(code) | (7 << 32), 1 << 35, 0x40, 0x80]);
+            let s = e.to_string();
+            assert!(s.starts_with(&std::format!("type={code:#x}")), "{s}");
+            assert!(!s.contains('\n'));
+            assert_eq!(e.code(), code);
+        }
     }
 
     #[test]

@@ -413,10 +413,20 @@ impl Features {
         if pasid == 0 {
             return Ok(());
         }
-        if !self.ecap.pasid || u64::from(pasid) >> self.ecap.pasid_bits != 0 {
+        if !self.ecap.pasid || u64::from(pasid) >> self.pasid_bits() != 0 {
             return Err(Unsupported::Pasid.into());
         }
         Ok(())
+    }
+
+    /// PASID width in bits: ECAP.PSS + 1, at most 20 (PASIDs are 20 bits; larger PSS
+    /// values are reserved). Meaningful only with ECAP.PASID.
+    pub const fn pasid_bits(&self) -> u8 {
+        if self.ecap.pasid_bits > 20 {
+            20
+        } else {
+            self.ecap.pasid_bits
+        }
     }
 
     /// Refuse a second-level depth not in SAGAW (only 3 and 4 levels are driven here).
@@ -671,6 +681,18 @@ mod tests {
         assert_eq!(pasid.check_mode(Mode::Scalable), Ok(()));
         assert_eq!(pasid.check_pasid(1), Ok(()), "PSS = 0 allows a 1-bit PASID");
         assert_eq!(pasid.check_pasid(2), Err(Unsupported::Pasid.into()));
+        assert_eq!(pasid.pasid_bits(), 1);
+        let wide = Features::new(0x10, QEMU_7_2_CAP, QEMU_7_2_ECAP_PASID | (19 << 35));
+        assert_eq!(wide.pasid_bits(), 20);
+        assert_eq!(wide.check_pasid(0xf_ffff), Ok(()));
+        assert_eq!(wide.check_pasid(0x10_0000), Err(Unsupported::Pasid.into()));
+        // PSS values beyond 19 are reserved: still 20 bits.
+        let reserved = Features::new(0x10, QEMU_7_2_CAP, QEMU_7_2_ECAP_PASID | (31 << 35));
+        assert_eq!(reserved.pasid_bits(), 20);
+        assert_eq!(
+            reserved.check_pasid(0x10_0000),
+            Err(Unsupported::Pasid.into())
+        );
         assert_eq!(
             pasid.check_translation(TranslationKind::SecondLevel),
             Ok(())

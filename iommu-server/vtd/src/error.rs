@@ -109,8 +109,14 @@ pub enum Error {
     NoSuchDomain,
     /// The domain is pass-through: it has no page table to map into.
     PassThroughDomain,
-    /// The requester already has a context entry.
+    /// The requester (or the requester with this PASID) is already attached.
     AlreadyAttached,
+    /// A PASID can be attached only to a requester that is attached itself (its scalable
+    /// context entry and PASID directory exist from then on).
+    RequesterNotAttached,
+    /// PASIDs are still attached: to the requester being detached, or to the domain being
+    /// destroyed. Detach them first.
+    PasidsAttached,
     /// A hardware wait ran out of time.
     Timeout(TimeoutKind),
     /// The invalidation queue reported an error.
@@ -141,6 +147,8 @@ impl fmt::Display for Error {
             Error::NoSuchDomain => f.write_str("no such domain"),
             Error::PassThroughDomain => f.write_str("pass-through domain has no page table"),
             Error::AlreadyAttached => f.write_str("requester already attached"),
+            Error::RequesterNotAttached => f.write_str("requester not attached"),
+            Error::PasidsAttached => f.write_str("PASIDs still attached"),
             Error::Timeout(k) => write!(f, "timeout waiting for {k:?}"),
             Error::Queue(q) => write!(f, "invalidation queue error {q:?}"),
             Error::InvalidationRefused => f.write_str("invalidation refused by hardware"),

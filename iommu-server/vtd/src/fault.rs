@@ -318,17 +318,50 @@ pub enum ResponseCode {
     Failure = 0xf,
 }
 
-/// Encode the page group response to `req` (sent through the invalidation queue once
+/// Largest page request group index (PRGI is 9 bits).
+pub const MAX_GROUP_INDEX: u16 = 0x1ff;
+
+/// What a page group response names (§7.7.1): the requester, the PASID the requests
+/// carried, and the page request group index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PageGroup {
+    /// Requester ID.
+    pub rid: u16,
+    /// PASID of the group's requests, if they carried one.
+    pub pasid: Option<u32>,
+    /// Page request group index (PRGI, at most [`MAX_GROUP_INDEX`]).
+    pub index: u16,
+}
+
+impl PageRequest {
+    /// The group this request belongs to (what its response names).
+    pub const fn group(&self) -> PageGroup {
+        PageGroup {
+            rid: self.rid,
+            pasid: self.pasid,
+            index: self.group_index,
+        }
+    }
+}
+
+/// Encode the page group response to `group` (sent through the invalidation queue once
 /// the last request of the group, LPIG = 1, was handled). Earlier spec revisions also
 /// defined private-data fields here; current ones reserve them, so they stay zero.
-pub const fn page_group_response(req: &PageRequest, code: ResponseCode) -> Descriptor {
+/// Fields wider than their encodings are truncated; [`crate::Vtd::page_group_response`]
+/// refuses them first.
+pub const fn group_response(group: &PageGroup, code: ResponseCode) -> Descriptor {
     let mut w0 = TYPE_PAGE_GROUP_RESPONSE
         | field_prep(PGR0_RC, code as u64)
-        | field_prep(PGR0_RID, req.rid as u64);
-    if let Some(p) = req.pasid {
+        | field_prep(PGR0_RID, group.rid as u64);
+    if let Some(p) = group.pasid {
         w0 |= PGR0_PP | field_prep(PGR0_PASID, p as u64);
     }
-    Descriptor([w0, field_prep(PGR1_PRGI, req.group_index as u64), 0, 0])
+    Descriptor([w0, field_prep(PGR1_PRGI, group.index as u64), 0, 0])
+}
+
+/// Encode the page group response to the group of `req` (see [`group_response`]).
+pub const fn page_group_response(req: &PageRequest, code: ResponseCode) -> Descriptor {
+    group_response(&req.group(), code)
 }
 
 /// Result of draining the fault recording registers.
@@ -428,6 +461,27 @@ mod tests {
             9 | PGR0_PP | (1 << 12) | (0x0310 << 16) | (0x42 << 32)
         );
         assert_eq!(d.0, [d.0[0], 0x1ab << 3, 0, 0]);
+        assert_eq!(
+            r.group(),
+            PageGroup {
+                rid: 0x0310,
+                pasid: Some(0x42),
+                index: 0x1ab
+            }
+        );
+        assert_eq!(group_response(&r.group(), ResponseCode::InvalidRequest), d);
+        // PRGI's 9 bits end at bit 11 of word 1; the PASID's 20 at bit 51 of word 0.
+        let widest = PageGroup {
+            rid: 0xffff,
+            pasid: Some(0xf_ffff),
+            index: MAX_GROUP_INDEX,
+        };
+        let w = group_response(&widest, ResponseCode::Failure);
+        assert_eq!(
+            w.0[0],
+            9 | PGR0_PP | (0xf << 12) | (0xffff << 16) | (0xf_ffff << 32)
+        );
+        assert_eq!(w.0[1], 0xff8);
         let no_pasid = PageRequest { pasid: None, ..r };
         assert_eq!(
             page_group_response(&no_pasid, ResponseCode::Failure).0[0],

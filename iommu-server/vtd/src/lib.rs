@@ -83,7 +83,21 @@
 //! # What is supported
 //! - Legacy and scalable mode. [`Vtd`] picks scalable mode when ECAP.SMTS, ECAP.SLTS and
 //!   ECAP.QI are all set, else legacy; in scalable mode each attached requester gets a
-//!   one-page PASID directory and the RID_PASID (0) entry with PGTT = second-level.
+//!   PASID directory covering every PASID ECAP.PSS allows (one page, or up to 128KB for
+//!   20-bit PASIDs) and the RID_PASID (0) entry with PGTT = second-level.
+//! - PASIDs (scalable mode with ECAP.PASID): [`Vtd::attach_pasid`] routes a requester's
+//!   requests with a PASID through a domain (a PASID entry with PGTT = second-level in
+//!   the PASID table of the PASID's directory index, allocated on first use);
+//!   [`Vtd::detach_pasid`] tears it down in the order of [`inv::teardown_steps`]. The
+//!   requester must be attached itself while its PASIDs are ([`Error::PasidsAttached`]
+//!   refuses the detach otherwise, as it does destroying a domain PASIDs use);
+//!   [`Vtd::reattach`] moves its requests without PASID to another domain meanwhile.
+//! - Page requests (scalable mode with ECAP.PRS): the page request queue is set up by
+//!   [`Vtd::new`] (its interrupt masked), context entries get PRE,
+//!   [`Vtd::drain_page_requests`] decodes the requests and reports overflow (PRS.PRO),
+//!   and [`Vtd::page_group_response`] answers a group through the invalidation queue and
+//!   waits for it. Page-request drain on PASID teardown (invalidation wait with PD) is not
+//!   done.
 //! - Pass-through domains (legacy TT = 10b, scalable PGTT = 100b) when ECAP.PT.
 //! - Second-level translation with 3- or 4-level tables from SAGAW/MGAW, 4KB pages and
 //!   2MB/1GB pages when CAP.SLLPS allows; unmap splits partly covered large pages and
@@ -93,12 +107,14 @@
 //!   or register-based invalidation (legacy mode only); unmap returns after its
 //!   invalidation completed. CAP.CM (caching mode) and CAP.RWBF are honoured.
 //! - Polling only: fault events, invalidation-completion and page-request interrupts are
-//!   not configured; [`Vtd::drain_faults`] and [`prq::PageRequestQueue::drain`] are
-//!   called by the owner. Interrupt remapping is not implemented.
+//!   not configured; [`Vtd::drain_faults`] and [`Vtd::drain_page_requests`] are called
+//!   by the owner. Interrupt remapping is not implemented.
+//! - Device-TLBs: the driver never sets DTE (nor TT = 01b), so no device caches
+//!   translations through it and teardown needs no device-TLB invalidation.
 //! - Encodings without a driver path of their own yet: first-level entries, nested and
-//!   first-level PASID entries, device-TLB and PASID-based descriptors, page group
-//!   responses. They are unit-tested against the spec's bit positions; callers on
-//!   hardware with those features build on them.
+//!   first-level PASID entries, device-TLB and PASID-based device-TLB descriptors. They
+//!   are unit-tested against the spec's bit positions; callers on hardware with those
+//!   features build on them.
 //! - An [`Vtd::new`] that fails part-way leaves what it already gave the hardware
 //!   (root table, queue) allocated on purpose: the hardware may still reference it.
 //!
@@ -123,8 +139,10 @@
 //! reference model under pseudo-random map/unmap sequences. The driver is tested against
 //! a register model (`model.rs`, test-only) that acknowledges GCMD, CCMD and IOTLB
 //! commands, consumes the invalidation queue from memory, raises IQE for bad
-//! descriptors, records faults, and can be told never to acknowledge, to test every
-//! timeout. `benches/pagetable.rs` measures map/unmap against a store loop and counts
+//! descriptors, records faults, takes page requests into the page request queue, and can
+//! be told never to acknowledge, to test every timeout. PASID-tagged DMA, page requests
+//! and page responses are checked end to end against the simulation's VT-d model
+//! (`sim/models`), which QEMU cannot replace there (PSS = 0, PRS = 0). `benches/pagetable.rs` measures map/unmap against a store loop and counts
 //! page-selective invalidations.
 #![no_std]
 #![warn(missing_docs)]
@@ -156,4 +174,4 @@ pub use pagetable::{Prot, Unmapped};
 #[cfg(target_arch = "x86_64")]
 pub use regs::Tsc;
 pub use regs::{Clock, Deadline, Mmio, PollBudget, PollTimeout, RegisterIo};
-pub use vtd::{DomainId, InvalidationChoice, ModeChoice, Vtd, VtdConfig};
+pub use vtd::{DomainId, InvalidationChoice, ModeChoice, Vtd, VtdConfig, MAX_PASID, RID_PASID};

@@ -2,7 +2,9 @@
 //! (one-shot SRTP/WBF complete at once), CCMD.ICC and IOTLB_REG.IVT clear with the
 //! requested granularity as the actual one, the invalidation queue is consumed from
 //! memory (wait descriptors write their status), undefined descriptor types raise
-//! FSTS.IQE, and fault records can be injected. Knobs make each acknowledgement stall.
+//! FSTS.IQE, fault records and page requests can be injected, and PRS is
+//! write-1-to-clear. Knobs make each acknowledgement stall; a watched memory word is
+//! sampled as each descriptor is consumed, so tests see what the hardware saw then.
 //!
 //! Like QEMU 7.2, register-based invalidation is ignored while queued invalidation is
 //! enabled (ICC/IVT stay set).
@@ -37,6 +39,10 @@ pub(crate) struct Model {
     pub gcmd_log: Vec<u32>,
     /// RTADDR latched by the last SRTP.
     pub active_root: Option<u64>,
+    /// A memory word to sample whenever a descriptor is consumed.
+    pub watch: Option<u64>,
+    /// (descriptor type, watched word) at each consumption.
+    pub watched: Vec<(u64, u64)>,
 }
 
 impl Model {
@@ -55,6 +61,8 @@ impl Model {
             iotlb_log: Vec::new(),
             gcmd_log: Vec::new(),
             active_root: None,
+            watch: None,
+            watched: Vec::new(),
         }
     }
 
@@ -111,6 +119,30 @@ impl Model {
         }
     }
 
+    /// Write a page request descriptor at PQT as the hardware would (§7.5.1): the slot
+    /// in the queue PQA names, PQT advanced, PRS.PPR set. A full queue sets PRS.PRO
+    /// instead and drops the request.
+    pub fn push_page_request(&mut self, words: [u64; 4]) {
+        let pqa = self.get(regs::PQA);
+        let entries = (4096u64 << (pqa & regs::PQA_PQS)) / 32;
+        let head = ((self.get(regs::PQH) & regs::PQ_INDEX) >> 5) % entries;
+        let tail = ((self.get(regs::PQT) & regs::PQ_INDEX) >> 5) % entries;
+        if (tail + 1) % entries == head {
+            let prs = self.get(regs::PRS) | u64::from(regs::PRS_PRO);
+            self.set(regs::PRS, prs);
+            return;
+        }
+        let slot = ((pqa & regs::PQA_ADDR) + tail * 32) as *mut u64;
+        for (k, w) in words.iter().enumerate() {
+            // SAFETY: the queue was allocated by the driver from `IdentityHeap`
+            // (identity mapped), is live for the test and holds `entries` slots.
+            unsafe { *slot.add(k) = w.to_le() };
+        }
+        self.set(regs::PQT, ((tail + 1) % entries) << 5);
+        let prs = self.get(regs::PRS) | u64::from(regs::PRS_PPR);
+        self.set(regs::PRS, prs);
+    }
+
     fn update_ppf(&mut self) {
         let any = (0..self.nfr())
             .any(|i| self.get(regs::frcd_reg(self.fro(), i) + 8) & regs::FRCD_HI_F != 0);
@@ -157,6 +189,11 @@ impl Model {
                 // SAFETY: the status address is the driver's live, identity-mapped,
                 // 4-byte aligned status word.
                 unsafe { *addr = ((d.0[0] >> 32) as u32).to_le() };
+            }
+            if let Some(a) = self.watch {
+                // SAFETY: tests watch a word of a live, identity-mapped driver table.
+                let v = u64::from_le(unsafe { *(a as *const u64) });
+                self.watched.push((d.kind(), v));
             }
             self.descriptors.push(d);
             head = (head + 1) % entries;
@@ -211,6 +248,10 @@ impl RegisterIo for Model {
                 let f = self.get(o) & !u64::from(v & regs::FSTS_RW1C);
                 self.set(o, f);
                 self.kick();
+            }
+            regs::PRS => {
+                let p = self.get(o) & !u64::from(v & (regs::PRS_PPR | regs::PRS_PRO));
+                self.set(o, p);
             }
             _ if o % 16 == 12
                 && o >= regs::frcd_reg(self.fro(), 0)

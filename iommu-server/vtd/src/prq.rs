@@ -69,9 +69,11 @@ impl PageRequestQueue {
     }
 
     /// Consume every descriptor between PQH and PQT, passing each decoded request (or
-    /// its decode error) to `f`, then advance PQH and clear PRS.PPR / PRS.PRO. Indices
-    /// read from the hardware are reduced modulo the queue size, so a bad PQT cannot
-    /// make the driver read outside the queue.
+    /// its decode error) to `f`, then advance PQH. PRS.PPR is cleared before PQT is read,
+    /// so a request written after that read sets it again; PRS.PRO is cleared (and
+    /// reported) after the queue was emptied, since the hardware drops every request
+    /// while it is set (§7.5.2). Indices read from the hardware are reduced modulo the
+    /// queue size, so a bad PQT cannot make the driver read outside the queue.
     pub fn drain<R: RegisterIo, M: DmaMemory>(
         &self,
         regs: &mut R,
@@ -79,8 +81,13 @@ impl PageRequestQueue {
         mut f: impl FnMut(core::result::Result<PageRequest, PageRequestError>),
     ) -> PrqReport {
         let mut report = PrqReport::default();
+        if regs.read32(regs::PRS) & regs::PRS_PPR != 0 {
+            regs.write32(regs::PRS, regs::PRS_PPR);
+        }
         let idx = |v: u64| (field_get(regs::PQ_INDEX, v) as u32) % self.entries;
         let tail = idx(regs.read64(regs::PQT));
+        // The descriptors up to PQT are read only after PQT itself.
+        regs.consume_barrier();
         let mut head = idx(regs.read64(regs::PQH));
         while head != tail {
             let pa = PhysAddr(self.base.0 + u64::from(head) * PRQ_DESC_BYTES as u64);
@@ -96,13 +103,12 @@ impl PageRequestQueue {
             report.requests += 1;
             head = (head + 1) % self.entries;
         }
+        // The descriptors are read before PQH hands their slots back to the hardware.
+        regs.publish_barrier();
         regs.write64(regs::PQH, u64::from(head) << 5);
-        let prs = regs.read32(regs::PRS);
-        if prs & regs::PRS_PRO != 0 {
+        if regs.read32(regs::PRS) & regs::PRS_PRO != 0 {
             report.overflowed = true;
-        }
-        if prs & (regs::PRS_PRO | regs::PRS_PPR) != 0 {
-            regs.write32(regs::PRS, prs & (regs::PRS_PRO | regs::PRS_PPR));
+            regs.write32(regs::PRS, regs::PRS_PRO);
         }
         report
     }

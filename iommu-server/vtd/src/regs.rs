@@ -200,6 +200,10 @@ pub const PRS_PPR: u32 = 1 << 0;
 pub const PRS_PRO: u32 = 1 << 1;
 /// PECTL_REG (32-bit, §11.4.35): page request event control.
 pub const PECTL: usize = 0xe0;
+/// PECTL.IM (31): interrupt mask.
+pub const PECTL_IM: u32 = 1 << 31;
+/// PECTL.IP (30): interrupt pending.
+pub const PECTL_IP: u32 = 1 << 30;
 
 // --- §11.4.8: IOTLB registers (at ECAP.IRO * 16) ---
 /// IVA_REG (64-bit, §11.4.8.2 in the IOTLB register group): offset from the IOTLB
@@ -304,6 +308,10 @@ mod tests {
         assert_eq!((PMEN_EPM, PMEN_PRS), (0x8000_0000, 1));
         assert_eq!(ICS_IWC, 1);
         assert_eq!((PRS_PPR, PRS_PRO), (1, 2));
+        assert_eq!(
+            (PECTL, PECTL_IM, PECTL_IP),
+            (0xe0, 0x8000_0000, 0x4000_0000)
+        );
         assert_eq!(PQ_INDEX, 0x7_ffe0);
         assert_eq!(IQ_OFFSET, 0x7_fff0);
         assert_eq!(field_prep(PQA_PQS, 3), 3);

@@ -1,23 +1,29 @@
 //! The top-level driver: initialisation (the GCMD/GSTS handshakes of VT-d spec §11.4.4
-//! and §11.4.5, root table and invalidation set-up of chapter 6), domains, device attachment in legacy and
-//! scalable mode, map/unmap with completed invalidation, and fault draining.
+//! and §11.4.5, root table and invalidation set-up of chapter 6), domains, device
+//! attachment in legacy and scalable mode (requests without PASID, and with a PASID in
+//! scalable mode), map/unmap with completed invalidation, fault draining, and the page
+//! request queue with page group responses (§7.5, §7.7).
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::caps::{Features, Mode, TranslationKind};
 use crate::context::{
-    ContextEntry, PasidDirEntry, PasidEntry, RootEntry, ScalableContextEntry, ScalableRootEntry,
-    PDTS_ONE_PAGE,
+    pasid_dir_index, pasid_table_index, ContextEntry, PasidDirEntry, PasidEntry, RootEntry,
+    ScalableContextEntry, ScalableRootEntry, PE0_P,
 };
 use crate::error::{Error, Result, TimeoutKind, Unsupported};
-use crate::fault::{FaultRecord, FaultReport};
+use crate::fault::{
+    group_response, FaultRecord, FaultReport, PageGroup, PageRequest, PageRequestError,
+    ResponseCode, MAX_GROUP_INDEX,
+};
 use crate::inv::{
     self, teardown_steps, ContextInvalidation, Descriptor, InvalidationPlan, IotlbInvalidation,
     PlannerConfig, TeardownStep, TeardownTarget,
 };
 use crate::mem::{DmaMemory, PhysAddr, Words};
 use crate::pagetable::{LargePages, Prot, SecondLevel, Translation, Unmapped};
+use crate::prq::{PageRequestQueue, PrqReport};
 use crate::qi::InvalidationQueue;
 use crate::regs::{self, field_get, field_prep, poll_until, PollTimeout, RegisterIo};
 
@@ -54,6 +60,13 @@ pub struct VtdConfig {
     pub register_bytes: usize,
     /// Page-selective invalidations per unmap before domain-selective is used.
     pub max_page_invalidations: usize,
+    /// Set up the page request queue in scalable mode when the unit reports ECAP.PRS
+    /// (context entries then get PRE, page requests reach
+    /// [`Vtd::drain_page_requests`]). Without it, or without ECAP.PRS, the unit answers
+    /// every page request itself (Invalid Request).
+    pub page_requests: bool,
+    /// Page request queue size: 2^n 4KB pages of 128 descriptors each.
+    pub prq_pages_log2: u8,
 }
 
 impl Default for VtdConfig {
@@ -64,6 +77,8 @@ impl Default for VtdConfig {
             queue_pages_log2: 0,
             register_bytes: 4096,
             max_page_invalidations: inv::DEFAULT_MAX_PAGE_INVALIDATIONS,
+            page_requests: true,
+            prq_pages_log2: 0,
         }
     }
 }
@@ -77,15 +92,27 @@ struct Domain {
     did: u16,
     /// `None` for a pass-through domain.
     pt: Option<SecondLevel>,
+    /// Requesters attached for their requests without PASID.
     devices: Vec<u16>,
+    /// (requester, PASID) pairs attached.
+    pasids: Vec<(u16, u32)>,
 }
 
-/// Per-device scalable-mode structures.
-#[derive(Debug, Clone, Copy)]
+/// Per-requester scalable-mode structures: the PASID directory and the PASID tables
+/// linked from it, by directory index (PASID bits `[19:6]`). Tables are allocated when a
+/// PASID of their range is first attached and freed with the directory when the
+/// requester is detached.
+#[derive(Debug)]
 struct PasidTables {
     dir: PhysAddr,
-    table: PhysAddr,
+    tables: BTreeMap<usize, PhysAddr>,
 }
+
+/// The PASID the driver programs as RID_PASID: requests without PASID use its entry.
+pub const RID_PASID: u32 = 0;
+
+/// Largest PASID value (PASIDs are 20 bits).
+pub const MAX_PASID: u32 = 0xf_ffff;
 
 #[derive(Debug)]
 enum Invalidator {
@@ -120,10 +147,17 @@ pub struct Vtd<R: RegisterIo, M: DmaMemory, T: PollTimeout> {
     /// Legacy: context table per bus. Scalable: index `bus * 2 + (devfn >= 128)`.
     context_tables: BTreeMap<u16, PhysAddr>,
     pasid: BTreeMap<u16, PasidTables>,
+    /// Bytes of a PASID directory, and its PDTS encoding.
+    pasid_dir_bytes: usize,
+    pdts: u64,
     domains: Vec<Option<Domain>>,
     used_dids: BTreeSet<u16>,
+    /// Requesters attached for requests without PASID.
     attached: BTreeMap<u16, DomainId>,
+    /// (requester, PASID) pairs attached.
+    pasid_attached: BTreeMap<(u16, u32), DomainId>,
     inv: Invalidator,
+    prq: Option<PageRequestQueue>,
     planner: PlannerConfig,
     drain: bool,
     /// Counters.
@@ -139,9 +173,11 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
     /// 3. allocate an empty root table, write RTADDR (with TTM) and GCMD.SRTP, wait for
     ///    GSTS.RTPS;
     /// 4. with QI: program IQA/IQT, set GCMD.QIE, wait for GSTS.QIES;
-    /// 5. global context-cache (and PASID-cache) and IOTLB invalidation, write-buffer
+    /// 5. in scalable mode with ECAP.PRS and [`VtdConfig::page_requests`]: program the
+    ///    page request queue (PQH = PQT = 0, PQA) with its interrupt masked (PECTL.IM);
+    /// 6. global context-cache (and PASID-cache) and IOTLB invalidation, write-buffer
     ///    flush with CAP.RWBF;
-    /// 6. set GCMD.TE and wait for GSTS.TES. Every DMA now faults until a device is
+    /// 7. set GCMD.TE and wait for GSTS.TES. Every DMA now faults until a device is
     ///    attached.
     pub fn new(mut regs: R, mut mem: M, timeout: T, config: VtdConfig) -> Result<Self> {
         let features = Features::probe(&mut regs);
@@ -179,6 +215,14 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
         }
         let levels = features.choose_levels()?;
         let address_bits = features.address_bits(levels);
+        // A PASID directory covers every PASID ECAP.PSS allows (one page at least):
+        // 2^(bits - 6) entries of 8 bytes, PDTS = log2(entries) - 7 (§9.4).
+        let dir_entries = if ecap.pasid {
+            (1usize << features.pasid_bits().saturating_sub(6)).max(PAGE / 8)
+        } else {
+            PAGE / 8
+        };
+        let pdts = u64::from(dir_entries.trailing_zeros()) - 7;
         let root = mem.alloc_zeroed(PAGE, PAGE).ok_or(Error::OutOfMemory)?;
         let inv = if queued {
             Invalidator::Queued(InvalidationQueue::new(
@@ -191,6 +235,11 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
             Invalidator::Register {
                 iotlb_base: regs::iotlb_reg(ecap.iro),
             }
+        };
+        let prq = if config.page_requests && mode == Mode::Scalable && ecap.prs {
+            Some(PageRequestQueue::new(&mut mem, config.prq_pages_log2)?)
+        } else {
+            None
         };
         let mut planner = PlannerConfig::from_cap(&cap);
         planner.max_page_invalidations = config.max_page_invalidations;
@@ -205,10 +254,14 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
             root,
             context_tables: BTreeMap::new(),
             pasid: BTreeMap::new(),
+            pasid_dir_bytes: dir_entries * 8,
+            pdts,
             domains: Vec::new(),
             used_dids: BTreeSet::new(),
             attached: BTreeMap::new(),
+            pasid_attached: BTreeMap::new(),
             inv,
+            prq,
             planner,
             drain: cap.drd && cap.dwd,
             stats: VtdStats::default(),
@@ -231,6 +284,11 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
         if let Invalidator::Queued(q) = &mut v.inv {
             q.program(&mut v.regs);
             v.gcmd_persistent(regs::GCMD_QIE, true)?;
+        }
+        if let Some(q) = &v.prq {
+            // Polling only: the page request event stays masked.
+            v.regs.write32(regs::PECTL, regs::PECTL_IM);
+            q.program(&mut v.regs);
         }
         let mut global = alloc::vec![Descriptor::context_cache(ContextInvalidation::Global)];
         if mode == Mode::Scalable {
@@ -261,6 +319,22 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
     /// Second-level depth used for domains.
     pub fn levels(&self) -> u8 {
         self.levels
+    }
+
+    /// Width of the PASIDs [`Vtd::attach_pasid`] takes: ECAP.PSS + 1 in scalable mode
+    /// with ECAP.PASID (at most 20), else 0.
+    pub fn pasid_bits(&self) -> u8 {
+        if self.mode == Mode::Scalable && self.features.ecap.pasid {
+            self.features.pasid_bits()
+        } else {
+            0
+        }
+    }
+
+    /// Whether the page request queue is set up (scalable mode, ECAP.PRS and
+    /// [`VtdConfig::page_requests`]).
+    pub fn page_requests_enabled(&self) -> bool {
+        self.prq.is_some()
     }
 
     /// Register access (for tests and diagnostics).
@@ -385,6 +459,7 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
             did,
             pt,
             devices: Vec::new(),
+            pasids: Vec::new(),
         };
         if let Some(i) = self.domains.iter().position(Option::is_none) {
             self.domains[i] = Some(d);
@@ -396,11 +471,16 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
     }
 
     /// Destroy a domain with no attached devices: invalidate its IOTLB entries
-    /// (domain-selective, waited for), then free its page table and domain-id.
+    /// (domain-selective, waited for), then free its page table and domain-id. A domain
+    /// that requesters are attached to is refused with [`Error::AlreadyAttached`], one
+    /// that PASIDs are attached to with [`Error::PasidsAttached`].
     pub fn destroy_domain(&mut self, id: DomainId) -> Result<()> {
         let d = self.domain(id)?;
         if !d.devices.is_empty() {
             return Err(Error::AlreadyAttached);
+        }
+        if !d.pasids.is_empty() {
+            return Err(Error::PasidsAttached);
         }
         let did = d.did;
         self.invalidate(&[Descriptor::iotlb(
@@ -505,11 +585,116 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
         self.flush_table(pa, 8);
     }
 
+    /// The PASID entry for domain `did` with table `slptptr` (`None`: pass-through).
+    fn pasid_entry_for(&self, did: u16, slptptr: Option<u64>) -> PasidEntry {
+        let pe = match slptptr {
+            Some(p) => PasidEntry::second_level(did, p, self.levels),
+            None => PasidEntry::pass_through(did),
+        };
+        if self.features.ecap.smpwcs {
+            // Page walks snoop CPU caches where the hardware can (§9.6 PWSNP).
+            pe.with_pwsnp()
+        } else {
+            pe
+        }
+    }
+
+    /// Words of the PASID entry of `pasid` in requester `sid`'s PASID table. With
+    /// `alloc`, a missing PASID table is allocated (zeroed: every entry not present) and
+    /// linked from the directory; without, a missing table gives `None`.
+    fn pasid_slot(
+        &mut self,
+        sid: u16,
+        pasid: u32,
+        alloc: bool,
+    ) -> Result<Option<(Words, PhysAddr)>> {
+        let di = pasid_dir_index(pasid);
+        let tables = self.pasid.get(&sid).ok_or(Error::RequesterNotAttached)?;
+        let (dir, known) = (tables.dir, tables.tables.get(&di).copied());
+        let table = match known {
+            Some(t) => t,
+            None if !alloc => return Ok(None),
+            None => {
+                let t = self
+                    .mem
+                    .alloc_zeroed(PAGE, PAGE)
+                    .ok_or(Error::OutOfMemory)?;
+                self.flush_table(t, PAGE);
+                self.regs.publish_barrier();
+                let de = PhysAddr(dir.0 + (di * 8) as u64);
+                self.words(de, 1).store(0, PasidDirEntry::new(t.0).0);
+                self.flush_table(de, 8);
+                if let Some(p) = self.pasid.get_mut(&sid) {
+                    p.tables.insert(di, t);
+                }
+                t
+            }
+        };
+        let pa = PhysAddr(table.0 + (pasid_table_index(pasid) * 64) as u64);
+        Ok(Some((self.words(pa, 8), pa)))
+    }
+
+    /// Tear down the PASID entry of (`sid`, `pasid`) that carries domain-id `did`, in
+    /// the order of [`inv::teardown_steps`]: clear Present; PASID-cache invalidation
+    /// (PASID-selective), IOTLB invalidation of the DID and PASID-based IOTLB
+    /// invalidation, waited for; then zero the entry. No device-TLB invalidation: the
+    /// driver never sets DTE, so no device caches translations through these entries.
+    fn teardown_pasid_entry(
+        &mut self,
+        w: &Words,
+        pa: PhysAddr,
+        did: u16,
+        sid: u16,
+        pasid: u32,
+    ) -> Result<()> {
+        let steps = teardown_steps(&TeardownTarget {
+            mode: Mode::Scalable,
+            did,
+            sid,
+            pasid,
+            device_tlb: None,
+        });
+        let mut batch = Vec::new();
+        for step in steps {
+            match step {
+                TeardownStep::ClearPresent => {
+                    w.store(0, w.load(0) & !PE0_P);
+                    self.flush_table(pa, 8);
+                }
+                TeardownStep::Invalidate(d) => batch.push(d),
+                TeardownStep::Wait => self.invalidate(&batch)?,
+                TeardownStep::ClearEntry => {
+                    for i in 0..8 {
+                        w.store(i, 0);
+                    }
+                    self.flush_table(pa, 64);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a PASID entry went from not present to present: with CAP.CM the hardware
+    /// may have cached the not-present entry, so the PASID cache and the domain's IOTLB
+    /// are invalidated (§6.1); otherwise write buffers are flushed if CAP.RWBF.
+    fn published_pasid_entry(&mut self, did: u16, pasid: u32) -> Result<()> {
+        if self.features.cap.cm {
+            self.invalidate(&[
+                Descriptor::pasid_cache(inv::PC_G_PASID, did, pasid),
+                Descriptor::iotlb(IotlbInvalidation::Domain(did), self.drain),
+            ])
+        } else {
+            self.write_buffer_flush()
+        }
+    }
+
     /// Attach requester `bus:devfn` to a domain (a pass-through domain gets TT = 10b or
     /// PGTT = 100b instead of a table pointer). Legacy mode: a context entry with
-    /// TT = 00b, the domain's DID, AW and SLPTPTR. Scalable mode: a PASID directory and
-    /// table whose RID_PASID (0) entry has PGTT = second-level, and a scalable context
-    /// entry pointing at them. With CAP.CM the not-present to present change is
+    /// TT = 00b, the domain's DID, AW and SLPTPTR. Scalable mode: a PASID directory
+    /// covering every PASID ECAP.PSS allows, the PASID table of RID_PASID (0) whose entry
+    /// has PGTT = second-level, and a scalable context entry pointing at them (PASIDE
+    /// with ECAP.PASID, so [`Vtd::attach_pasid`] can add PASIDs; PRE when the page
+    /// request queue is set up). With CAP.CM the not-present to present change is
     /// invalidated (DID 0 for the context cache, §6.1); otherwise write buffers are
     /// flushed if CAP.RWBF.
     pub fn attach(&mut self, dom: DomainId, bus: u8, devfn: u8) -> Result<()> {
@@ -536,28 +721,33 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
             Mode::Scalable => {
                 let dir = self
                     .mem
-                    .alloc_zeroed(PAGE, PAGE)
+                    .alloc_zeroed(self.pasid_dir_bytes, PAGE)
                     .ok_or(Error::OutOfMemory)?;
                 let Some(table) = self.mem.alloc_zeroed(PAGE, PAGE) else {
                     // SAFETY: `dir` was just allocated and never published.
-                    unsafe { self.mem.free(dir, PAGE, PAGE) };
+                    unsafe { self.mem.free(dir, self.pasid_dir_bytes, PAGE) };
                     return Err(Error::OutOfMemory);
                 };
-                let mut pe = match slptptr {
-                    Some(p) => PasidEntry::second_level(did, p, self.levels),
-                    None => PasidEntry::pass_through(did),
-                };
-                if self.features.ecap.smpwcs {
-                    // Page walks snoop CPU caches where the hardware can (§9.6 PWSNP).
-                    pe = pe.with_pwsnp();
+                self.flush_table(dir, self.pasid_dir_bytes);
+                self.flush_table(table, PAGE);
+                let pe = self.pasid_entry_for(did, slptptr);
+                let rp = PhysAddr(table.0 + (pasid_table_index(RID_PASID) * 64) as u64);
+                let pw = self.words(rp, 8);
+                self.publish_entry(&pw, rp, &pe.0);
+                let de = PhysAddr(dir.0 + (pasid_dir_index(RID_PASID) * 8) as u64);
+                self.words(de, 1).store(0, PasidDirEntry::new(table.0).0);
+                self.flush_table(de, 8);
+                let mut ce = ScalableContextEntry::new(dir.0, self.pdts, RID_PASID);
+                if self.features.ecap.pasid {
+                    ce = ce.with_pasid_enable();
                 }
-                let pw = self.words(table, 8);
-                self.publish_entry(&pw, table, &pe.0);
-                self.words(dir, 1).store(0, PasidDirEntry::new(table.0).0);
-                self.flush_table(dir, 8);
-                let ce = ScalableContextEntry::new(dir.0, PDTS_ONE_PAGE, 0);
+                if self.prq.is_some() {
+                    ce = ce.with_page_requests();
+                }
                 self.publish_entry(&w, pa, &ce.0);
-                self.pasid.insert(sid, PasidTables { dir, table });
+                let mut tables = BTreeMap::new();
+                tables.insert(pasid_dir_index(RID_PASID), table);
+                self.pasid.insert(sid, PasidTables { dir, tables });
             }
         }
         self.attached.insert(sid, dom);
@@ -569,7 +759,7 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
                 fm: 0
             })];
             if self.mode == Mode::Scalable {
-                d.push(Descriptor::pasid_cache(inv::PC_G_PASID, did, 0));
+                d.push(Descriptor::pasid_cache(inv::PC_G_PASID, did, RID_PASID));
             }
             d.push(Descriptor::iotlb(
                 IotlbInvalidation::Domain(did),
@@ -582,25 +772,140 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
         Ok(())
     }
 
+    /// Route requests of `bus:devfn` that carry `pasid` through a domain (scalable mode
+    /// only; legacy mode has no PASID tables). The requester must be attached itself
+    /// ([`Vtd::attach`] made its context entry and PASID directory). Writes a PASID entry
+    /// with PGTT = second-level (010b), the domain's DID, AW and SLPTPTR (PGTT = 100b for
+    /// a pass-through domain), allocating and linking the PASID table of the PASID's
+    /// directory index first if needed. Refused: PASIDs ECAP.PASID / ECAP.PSS do not
+    /// allow ([`Unsupported::Pasid`]), RID_PASID itself (it is the requester's entry for
+    /// requests without PASID), and a second attach of the same (requester, PASID).
+    pub fn attach_pasid(&mut self, dom: DomainId, bus: u8, devfn: u8, pasid: u32) -> Result<()> {
+        if self.mode != Mode::Scalable {
+            return Err(Unsupported::ScalableMode.into());
+        }
+        if pasid == RID_PASID {
+            return Err(Error::InvalidField("PASID (RID_PASID)"));
+        }
+        self.features.check_pasid(pasid)?;
+        let sid = u16::from(bus) << 8 | u16::from(devfn);
+        let (did, slptptr) = {
+            let d = self.domain(dom)?;
+            (d.did, d.pt.as_ref().map(|p| p.root().0))
+        };
+        if self.pasid_attached.contains_key(&(sid, pasid)) {
+            return Err(Error::AlreadyAttached);
+        }
+        if !self.attached.contains_key(&sid) {
+            return Err(Error::RequesterNotAttached);
+        }
+        let Some((w, pa)) = self.pasid_slot(sid, pasid, true)? else {
+            return Err(Error::OutOfMemory);
+        };
+        if w.load(0) & PE0_P != 0 {
+            return Err(Error::AlreadyAttached);
+        }
+        let pe = self.pasid_entry_for(did, slptptr);
+        self.publish_entry(&w, pa, &pe.0);
+        self.pasid_attached.insert((sid, pasid), dom);
+        self.domain_mut(dom)?.pasids.push((sid, pasid));
+        self.published_pasid_entry(did, pasid)
+    }
+
+    /// Stop routing requests of `bus:devfn` with `pasid`, following the teardown order
+    /// of [`inv::teardown_steps`]: clear the PASID entry's Present bit, invalidate the
+    /// PASID cache (PASID-selective) and the IOTLB (the DID's second-level translations
+    /// and PASID-based), wait for completion, then clear the entry. Returns after that;
+    /// the requester's other PASIDs and its requests without PASID are untouched. The
+    /// PASID table stays linked until the requester is detached.
+    pub fn detach_pasid(&mut self, bus: u8, devfn: u8, pasid: u32) -> Result<()> {
+        if self.mode != Mode::Scalable {
+            return Err(Unsupported::ScalableMode.into());
+        }
+        let sid = u16::from(bus) << 8 | u16::from(devfn);
+        let dom = *self
+            .pasid_attached
+            .get(&(sid, pasid))
+            .ok_or(Error::NoSuchDomain)?;
+        let did = self.domain(dom)?.did;
+        let Some((w, pa)) = self.pasid_slot(sid, pasid, false)? else {
+            return Err(Error::NoSuchDomain);
+        };
+        self.teardown_pasid_entry(&w, pa, did, sid, pasid)?;
+        self.pasid_attached.remove(&(sid, pasid));
+        self.domain_mut(dom)?.pasids.retain(|&x| x != (sid, pasid));
+        Ok(())
+    }
+
+    /// Whether any PASID of requester `sid` is attached.
+    fn has_pasids(&self, sid: u16) -> bool {
+        self.pasid_attached
+            .range((sid, 0)..=(sid, u32::MAX))
+            .next()
+            .is_some()
+    }
+
+    /// Move the requests without PASID of an attached requester to another domain,
+    /// keeping its PASID attachments (and, in scalable mode, its context entry and PASID
+    /// structures). Scalable mode: the RID_PASID entry is torn down in the order of
+    /// [`inv::teardown_steps`] for the old domain-id and written again for the new
+    /// domain; legacy mode: [`Vtd::detach`] then [`Vtd::attach`] (on a failure of the
+    /// second step the requester is left detached). Requests without PASID fault while
+    /// the entry is being replaced.
+    pub fn reattach(&mut self, dom: DomainId, bus: u8, devfn: u8) -> Result<()> {
+        let sid = u16::from(bus) << 8 | u16::from(devfn);
+        let old = *self.attached.get(&sid).ok_or(Error::NoSuchDomain)?;
+        let (did, slptptr) = {
+            let d = self.domain(dom)?;
+            (d.did, d.pt.as_ref().map(|p| p.root().0))
+        };
+        if old == dom {
+            return Ok(());
+        }
+        if self.mode == Mode::Legacy {
+            self.detach(bus, devfn)?;
+            return self.attach(dom, bus, devfn);
+        }
+        let old_did = self.domain(old)?.did;
+        let Some((w, pa)) = self.pasid_slot(sid, RID_PASID, false)? else {
+            return Err(Error::RequesterNotAttached);
+        };
+        self.teardown_pasid_entry(&w, pa, old_did, sid, RID_PASID)?;
+        let pe = self.pasid_entry_for(did, slptptr);
+        self.publish_entry(&w, pa, &pe.0);
+        self.attached.insert(sid, dom);
+        self.domain_mut(old)?.devices.retain(|&s| s != sid);
+        self.domain_mut(dom)?.devices.push(sid);
+        self.published_pasid_entry(did, RID_PASID)
+    }
+
     /// Detach `bus:devfn` following the teardown order of [`inv::teardown_steps`]:
     /// clear Present, invalidate (PASID cache / context cache, IOTLB), wait, then clear
-    /// the entry and free the PASID structures.
+    /// the entry and free the PASID structures. Refused with [`Error::PasidsAttached`]
+    /// while PASIDs of the requester are attached: they live in its PASID directory.
     pub fn detach(&mut self, bus: u8, devfn: u8) -> Result<()> {
         let sid = u16::from(bus) << 8 | u16::from(devfn);
         let dom = *self.attached.get(&sid).ok_or(Error::NoSuchDomain)?;
+        if self.has_pasids(sid) {
+            return Err(Error::PasidsAttached);
+        }
         let did = self.domain(dom)?.did;
         let (ctx, ctx_pa) = self.context_entry(bus, devfn)?;
-        let pasid = self.pasid.get(&sid).copied();
-        // In scalable mode the PASID entry is torn down first, then the context entry.
-        let target_words = match pasid {
-            Some(p) => (self.words(p.table, 8), p.table, 8),
-            None => (ctx, ctx_pa, 2),
+        // In scalable mode the RID_PASID entry is torn down first, then the context entry.
+        let target_words = match self.mode {
+            Mode::Scalable => {
+                let Some((w, pa)) = self.pasid_slot(sid, RID_PASID, false)? else {
+                    return Err(Error::RequesterNotAttached);
+                };
+                (w, pa, 8)
+            }
+            Mode::Legacy => (ctx, ctx_pa, 2),
         };
         let steps = teardown_steps(&TeardownTarget {
             mode: self.mode,
             did,
             sid,
-            pasid: 0,
+            pasid: RID_PASID,
             device_tlb: None,
         });
         let mut batch = Vec::new();
@@ -632,7 +937,7 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
                         w.store(i, 0);
                     }
                     self.flush_table(*pa, n * 8);
-                    if let Some(p) = pasid {
+                    if let Some(p) = self.pasid.remove(&sid) {
                         for i in 0..4 {
                             ctx.store(i, 0);
                         }
@@ -640,14 +945,15 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
                         // SAFETY: the context entry pointing at these tables is cleared
                         // and the caches that could hold them were invalidated above.
                         unsafe {
-                            self.mem.free(p.table, PAGE, PAGE);
-                            self.mem.free(p.dir, PAGE, PAGE);
+                            for t in p.tables.values() {
+                                self.mem.free(*t, PAGE, PAGE);
+                            }
+                            self.mem.free(p.dir, self.pasid_dir_bytes, PAGE);
                         }
                     }
                 }
             }
         }
-        self.pasid.remove(&sid);
         self.attached.remove(&sid);
         self.domain_mut(dom)?.devices.retain(|&s| s != sid);
         Ok(())
@@ -756,6 +1062,41 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Vtd<R, M, T> {
             report.overflowed = true;
         }
         report
+    }
+
+    /// Deliver every page request in the page request queue (from PQH to PQT), decoded
+    /// ([`PageRequest`]) or, for a descriptor that is not a page request, its decode
+    /// error; then advance PQH. `overflowed` reports PRS.PRO (requests the hardware
+    /// dropped, answering those that ended a group itself), which is cleared. Without a
+    /// page request queue nothing is delivered.
+    ///
+    /// Each group whose last request (`last_in_group`) arrived needs one
+    /// [`Vtd::page_group_response`].
+    pub fn drain_page_requests(
+        &mut self,
+        f: impl FnMut(core::result::Result<PageRequest, PageRequestError>),
+    ) -> PrqReport {
+        match &self.prq {
+            Some(q) => q.drain(&mut self.regs, &self.mem, f),
+            None => PrqReport::default(),
+        }
+    }
+
+    /// Answer a page request group: submit the page group response descriptor (§7.7.1)
+    /// through the invalidation queue and wait for it to complete. Refused without a
+    /// page request queue ([`Unsupported::PageRequests`]), and for a group index or PASID
+    /// wider than its field.
+    pub fn page_group_response(&mut self, group: PageGroup, code: ResponseCode) -> Result<()> {
+        if self.prq.is_none() {
+            return Err(Unsupported::PageRequests.into());
+        }
+        if group.index > MAX_GROUP_INDEX {
+            return Err(Error::InvalidField("PRGI"));
+        }
+        if group.pasid.is_some_and(|p| p > MAX_PASID) {
+            return Err(Error::InvalidField("PASID"));
+        }
+        self.invalidate(&[group_response(&group, code)])
     }
 }
 

@@ -641,3 +641,435 @@ fn pass_through_domains() {
         Err(Error::Unsupported(Unsupported::PassThrough))
     );
 }
+
+// ----- PASIDs, page requests -----
+
+/// ECAP of a unit with 20-bit PASIDs and page requests (QEMU's scalable layout plus
+/// PSS = 19 and PRS).
+const ECAP_FULL: u64 = crate::caps::QEMU_7_2_ECAP_PASID | crate::caps::ECAP_PRS | (19 << 35);
+
+fn full() -> TestVtd {
+    init(Model::new(QEMU_7_2_CAP, ECAP_FULL), VtdConfig::default()).unwrap()
+}
+
+/// The words of the scalable context entry of `bus:devfn`, walked from the root table as
+/// the hardware does.
+fn sm_context(v: &TestVtd, bus: u8, devfn: u8) -> Option<[u64; 4]> {
+    let root = v.words(v.root, 512);
+    let re = root.load(usize::from(bus) * 2 + usize::from(devfn >= 128));
+    if re & 1 == 0 {
+        return None;
+    }
+    let ce = v.words(PhysAddr((re & !0xfff) + u64::from(devfn % 128) * 32), 4);
+    let w = [ce.load(0), ce.load(1), ce.load(2), ce.load(3)];
+    (w[0] & 1 != 0).then_some(w)
+}
+
+/// Address of the PASID entry of `pasid`, walked through the context entry and the PASID
+/// directory; `None` where something on the way is not present.
+fn pasid_entry_addr(v: &TestVtd, bus: u8, devfn: u8, pasid: u32) -> Option<u64> {
+    let ce = sm_context(v, bus, devfn)?;
+    let entries = 1usize << (((ce[0] >> 9) & 7) + 7);
+    let di = crate::context::pasid_dir_index(pasid);
+    assert!(di < entries, "PASID {pasid:#x} beyond the directory (PDTS)");
+    let dir = v.words(PhysAddr(ce[0] & SM_CTX_LO_PASIDDIRPTR), entries);
+    let de = dir.load(di);
+    (de & 1 != 0).then_some((de & !0xfff) + 64 * crate::context::pasid_table_index(pasid) as u64)
+}
+
+/// The PASID entry of `pasid` if it is present.
+fn pasid_entry(v: &TestVtd, bus: u8, devfn: u8, pasid: u32) -> Option<PasidEntry> {
+    let a = pasid_entry_addr(v, bus, devfn, pasid)?;
+    let w = v.words(PhysAddr(a), 8);
+    let e = PasidEntry(core::array::from_fn(|i| w.load(i)));
+    e.present().then_some(e)
+}
+
+fn slpt(v: &TestVtd, d: DomainId) -> u64 {
+    v.domain(d).unwrap().pt.as_ref().unwrap().root().0
+}
+
+#[test]
+fn attach_pasid_writes_entries_in_the_table_of_their_directory_index() {
+    let mut v = full();
+    assert_eq!(v.pasid_bits(), 20);
+    let rid = v.create_domain().unwrap();
+    let d = v.create_domain().unwrap();
+    let bytes = v.mem().live_bytes;
+    v.attach(rid, 0, 0x18).unwrap();
+    // Context table, a 2^14-entry (128KB) directory and RID_PASID's table.
+    assert_eq!(v.mem().live_bytes - bytes, 4096 + (1 << 17) + 4096);
+    let ce = sm_context(&v, 0, 0x18).unwrap();
+    assert_eq!(
+        ce[0] & 0xfff,
+        1 | (1 << 3) | (1 << 4) | (7 << 9),
+        "P, PASIDE, PRE, PDTS = 7"
+    );
+    let n = v.regs().descriptors.len();
+    let regions = v.mem().live_regions;
+    v.attach_pasid(d, 0, 0x18, 0x1_2345).unwrap();
+    assert_eq!(
+        v.mem().live_regions,
+        regions + 1,
+        "the table of index 0x48d"
+    );
+    v.attach_pasid(d, 0, 0x18, 0x1_2346).unwrap();
+    assert_eq!(v.mem().live_regions, regions + 1, "same table");
+    assert_eq!(
+        v.regs().descriptors.len(),
+        n,
+        "CM = 0: nothing to invalidate"
+    );
+    for p in [0x1_2345, 0x1_2346] {
+        let e = pasid_entry(&v, 0, 0x18, p).unwrap();
+        assert_eq!(e.pgtt(), PGTT_SECOND_LEVEL);
+        assert_eq!((e.did(), e.aw(), e.slptptr()), (2, 1, slpt(&v, d)));
+    }
+    assert_eq!(pasid_entry(&v, 0, 0x18, 0x1_2347), None);
+    assert_eq!(pasid_entry(&v, 0, 0x18, 0x40), None, "index 1 has no table");
+    let r = pasid_entry(&v, 0, 0x18, 0).unwrap();
+    assert_eq!(
+        (r.did(), r.slptptr()),
+        (1, slpt(&v, rid)),
+        "RID_PASID intact"
+    );
+    // Refusals.
+    assert_eq!(
+        v.attach_pasid(rid, 0, 0x18, 0x1_2345),
+        Err(Error::AlreadyAttached)
+    );
+    assert_eq!(
+        v.attach_pasid(d, 0, 0x18, 0),
+        Err(Error::InvalidField("PASID (RID_PASID)"))
+    );
+    assert_eq!(
+        v.attach_pasid(d, 0, 0x18, 1 << 20),
+        Err(Error::Unsupported(Unsupported::Pasid))
+    );
+    assert_eq!(
+        v.attach_pasid(d, 0, 0x20, 5),
+        Err(Error::RequesterNotAttached)
+    );
+    assert_eq!(
+        v.attach_pasid(DomainId(9), 0, 0x18, 5),
+        Err(Error::NoSuchDomain)
+    );
+    // Legacy mode has no PASID tables.
+    let mut l = legacy();
+    let ld = l.create_domain().unwrap();
+    l.attach(ld, 0, 0x18).unwrap();
+    assert_eq!(l.pasid_bits(), 0);
+    assert_eq!(
+        l.attach_pasid(ld, 0, 0x18, 1),
+        Err(Error::Unsupported(Unsupported::ScalableMode))
+    );
+    assert_eq!(
+        l.detach_pasid(0, 0x18, 1),
+        Err(Error::Unsupported(Unsupported::ScalableMode))
+    );
+    // QEMU's scalable mode without x-pasid-mode: no PASIDs, one-page directory.
+    let mut q = init(Model::qemu_scalable(), VtdConfig::default()).unwrap();
+    let qd = q.create_domain().unwrap();
+    q.attach(qd, 0, 0x18).unwrap();
+    assert_eq!(q.pasid_bits(), 0);
+    assert_eq!(sm_context(&q, 0, 0x18).unwrap()[0] & 0xfff, 1 | (2 << 9));
+    assert_eq!(
+        q.attach_pasid(qd, 0, 0x18, 1),
+        Err(Error::Unsupported(Unsupported::Pasid))
+    );
+    // With x-pasid-mode (PSS = 0): PASID 1 only, PASIDE set, still one page.
+    let pasid_ecap = crate::caps::QEMU_7_2_ECAP_PASID;
+    let mut p = init(Model::new(QEMU_7_2_CAP, pasid_ecap), VtdConfig::default()).unwrap();
+    let pd = p.create_domain().unwrap();
+    p.attach(pd, 1, 0x88).unwrap();
+    assert_eq!(p.pasid_bits(), 1);
+    assert_eq!(
+        sm_context(&p, 1, 0x88).unwrap()[0] & 0xfff,
+        1 | (1 << 3) | (2 << 9)
+    );
+    p.attach_pasid(pd, 1, 0x88, 1).unwrap();
+    assert_eq!(pasid_entry(&p, 1, 0x88, 1).unwrap().did(), 1);
+    assert_eq!(
+        p.attach_pasid(pd, 1, 0x88, 2),
+        Err(Error::Unsupported(Unsupported::Pasid))
+    );
+}
+
+#[test]
+fn detach_pasid_follows_teardown_order() {
+    let mut v = full();
+    let rid = v.create_domain().unwrap();
+    let d = v.create_domain().unwrap();
+    v.attach(rid, 0, 0x18).unwrap();
+    v.attach_pasid(d, 0, 0x18, 5).unwrap();
+    v.attach_pasid(d, 0, 0x18, 6).unwrap();
+    let a = pasid_entry_addr(&v, 0, 0x18, 5).unwrap();
+    let w0 = v.words(PhysAddr(a), 1).load(0);
+    v.regs().watch = Some(a);
+    let n = v.regs().descriptors.len();
+    v.detach_pasid(0, 0x18, 5).unwrap();
+    let m = v.regs();
+    assert_eq!(
+        m.descriptors[n..],
+        [
+            Descriptor::pasid_cache(inv::PC_G_PASID, 2, 5),
+            Descriptor::iotlb(IotlbInvalidation::Domain(2), false),
+            Descriptor::pasid_iotlb(2, 5, None),
+            m.descriptors[n + 3],
+        ]
+    );
+    assert_eq!(m.descriptors[n + 3].kind(), inv::TYPE_WAIT);
+    // While the invalidations ran the entry was not present but otherwise intact; it
+    // was cleared only after the wait completed.
+    let seen: Vec<u64> = m.watched.iter().map(|&(_, w)| w).collect();
+    assert_eq!(seen, [w0 & !1; 4]);
+    m.watch = None;
+    let e = v.words(PhysAddr(a), 8);
+    assert!((0..8).all(|i| e.load(i) == 0));
+    assert!(pasid_entry(&v, 0, 0x18, 6).is_some(), "PASID 6 untouched");
+    assert!(pasid_entry(&v, 0, 0x18, 0).is_some(), "RID_PASID untouched");
+    assert_eq!(v.detach_pasid(0, 0x18, 5), Err(Error::NoSuchDomain));
+    // The PASID can be attached again, to another domain.
+    v.attach_pasid(rid, 0, 0x18, 5).unwrap();
+    assert_eq!(pasid_entry(&v, 0, 0x18, 5).unwrap().did(), 1);
+}
+
+#[test]
+fn requester_and_domains_stay_while_pasids_are_attached() {
+    let mut v = full();
+    let bytes = v.mem().live_bytes;
+    let rid = v.create_domain().unwrap();
+    let d = v.create_domain().unwrap();
+    v.attach(rid, 0, 0x18).unwrap();
+    v.attach_pasid(d, 0, 0x18, 0x40).unwrap();
+    v.attach_pasid(d, 0, 0x18, 0x1_2345).unwrap();
+    assert_eq!(v.detach(0, 0x18), Err(Error::PasidsAttached));
+    assert_eq!(v.destroy_domain(d), Err(Error::PasidsAttached));
+    assert_eq!(v.destroy_domain(rid), Err(Error::AlreadyAttached));
+    assert!(sm_context(&v, 0, 0x18).is_some(), "nothing was torn down");
+    v.detach_pasid(0, 0x18, 0x40).unwrap();
+    assert_eq!(v.detach(0, 0x18), Err(Error::PasidsAttached));
+    v.detach_pasid(0, 0x18, 0x1_2345).unwrap();
+    v.detach(0, 0x18).unwrap();
+    assert_eq!(sm_context(&v, 0, 0x18), None);
+    v.destroy_domain(d).unwrap();
+    v.destroy_domain(rid).unwrap();
+    assert_eq!(
+        v.mem().live_bytes - bytes,
+        4096,
+        "directory and all three PASID tables freed; the context table stays"
+    );
+}
+
+#[test]
+fn reattach_moves_requests_without_pasid_and_keeps_pasids() {
+    let mut v = full();
+    let a = v.create_domain().unwrap();
+    let b = v.create_domain().unwrap();
+    let p = v.create_domain().unwrap();
+    v.attach(a, 0, 0x18).unwrap();
+    v.attach_pasid(p, 0, 0x18, 7).unwrap();
+    let n = v.regs().descriptors.len();
+    v.reattach(b, 0, 0x18).unwrap();
+    assert_eq!(
+        kinds(v.regs())[n..],
+        [
+            inv::TYPE_PASID_CACHE,
+            inv::TYPE_IOTLB,
+            inv::TYPE_PASID_IOTLB,
+            inv::TYPE_WAIT
+        ]
+    );
+    assert_eq!(
+        v.regs().descriptors[n],
+        Descriptor::pasid_cache(inv::PC_G_PASID, 1, 0),
+        "the old DID's RID_PASID entry"
+    );
+    let r = pasid_entry(&v, 0, 0x18, 0).unwrap();
+    assert_eq!((r.did(), r.slptptr()), (2, slpt(&v, b)));
+    assert_eq!(pasid_entry(&v, 0, 0x18, 7).unwrap().did(), 3);
+    v.reattach(b, 0, 0x18).unwrap();
+    v.destroy_domain(a).unwrap();
+    assert_eq!(v.destroy_domain(b), Err(Error::AlreadyAttached));
+    assert_eq!(v.reattach(p, 0, 0x20), Err(Error::NoSuchDomain));
+    // Legacy mode: the context entry is replaced.
+    let mut l = legacy();
+    let x = l.create_domain().unwrap();
+    let y = l.create_domain().unwrap();
+    l.attach(x, 0, 0x18).unwrap();
+    l.reattach(y, 0, 0x18).unwrap();
+    let (ctx, _) = l.context_entry(0, 0x18).unwrap();
+    assert_eq!(ctx.load(1), (2 << 8) | 1, "DID 2");
+    assert_eq!(ctx.load(0), slpt(&l, y) | 1);
+    l.destroy_domain(x).unwrap();
+}
+
+#[test]
+fn page_request_queue_is_set_up_masked_and_drained() {
+    use crate::fault::{PageGroup, PageRequestError, ResponseCode, PRQ0_PP, PRQ1_LPIG, PRQ1_RD};
+    let mut v = full();
+    assert!(v.page_requests_enabled());
+    let m = v.regs();
+    let pqa = m.read64(regs::PQA);
+    assert_eq!(pqa & 0xfff, 0, "one page, size-aligned");
+    assert_ne!(pqa, 0);
+    assert_eq!((m.read64(regs::PQH), m.read64(regs::PQT)), (0, 0));
+    assert_eq!(m.read32(regs::PECTL), regs::PECTL_IM, "event masked");
+    // Two groups of one requester with PASID 5: 0x42 of two pages, 0x43 of one; and a
+    // descriptor that is not a page request.
+    let req = |addr: u64, last: bool, group: u64| {
+        [
+            1 | PRQ0_PP | (0x18 << 16) | (5 << 32),
+            addr | PRQ1_RD | if last { PRQ1_LPIG } else { 0 } | (group << 3),
+            0,
+            0,
+        ]
+    };
+    let m = v.regs();
+    m.push_page_request(req(0x1000, false, 0x42));
+    m.push_page_request(req(0x2000, true, 0x42));
+    m.push_page_request([2, 0, 0, 0]);
+    m.push_page_request(req(0x3000, true, 0x43));
+    let mut got = Vec::new();
+    let r = v.drain_page_requests(|x| got.push(x));
+    assert_eq!((r.requests, r.overflowed), (4, false));
+    assert_eq!(got[2], Err(PageRequestError::NotAPageRequest(2)));
+    let ok: Vec<(u64, bool, u16)> = got
+        .iter()
+        .flatten()
+        .map(|p| (p.address, p.last_in_group, p.group_index))
+        .collect();
+    assert_eq!(
+        ok,
+        [
+            (0x1000, false, 0x42),
+            (0x2000, true, 0x42),
+            (0x3000, true, 0x43)
+        ]
+    );
+    assert!(got
+        .iter()
+        .flatten()
+        .all(|p| p.rid == 0x18 && p.pasid == Some(5)));
+    let m = v.regs();
+    assert_eq!(m.read64(regs::PQH), 4 << 5, "PQH advanced to PQT");
+    assert_eq!(m.read32(regs::PRS), 0, "PPR cleared");
+    assert_eq!(v.drain_page_requests(|_| panic!()).requests, 0);
+    // A full queue: 127 requests fit, the 128th overflows (PRS.PRO).
+    for i in 0..128 {
+        v.regs().push_page_request(req(0x1000, true, i & 0x1ff));
+    }
+    let r = v.drain_page_requests(|_| {});
+    assert_eq!((r.requests, r.overflowed), (127, true));
+    assert_eq!(v.regs().read32(regs::PRS), 0, "PRO cleared after draining");
+    // The response goes through the invalidation queue and is waited for.
+    let n = v.regs().descriptors.len();
+    let g = PageGroup {
+        rid: 0x18,
+        pasid: Some(5),
+        index: 0x42,
+    };
+    v.page_group_response(g, ResponseCode::Success).unwrap();
+    let m = v.regs();
+    assert_eq!(
+        m.descriptors[n..],
+        [
+            crate::fault::group_response(&g, ResponseCode::Success),
+            m.descriptors[n + 1]
+        ]
+    );
+    assert_eq!(m.descriptors[n + 1].kind(), inv::TYPE_WAIT);
+    assert_eq!(
+        v.page_group_response(PageGroup { index: 0x200, ..g }, ResponseCode::Success),
+        Err(Error::InvalidField("PRGI"))
+    );
+    assert_eq!(
+        v.page_group_response(
+            PageGroup {
+                pasid: Some(1 << 20),
+                ..g
+            },
+            ResponseCode::Success
+        ),
+        Err(Error::InvalidField("PASID"))
+    );
+    v.regs().consume_limit = Some(0);
+    assert_eq!(
+        v.page_group_response(g, ResponseCode::Success),
+        Err(Error::Timeout(TimeoutKind::InvalidationWait))
+    );
+}
+
+#[test]
+fn page_requests_only_where_configured_and_supported() {
+    use crate::fault::{PageGroup, ResponseCode};
+    let g = PageGroup {
+        rid: 0x18,
+        pasid: None,
+        index: 1,
+    };
+    let off = VtdConfig {
+        page_requests: false,
+        ..VtdConfig::default()
+    };
+    let legacy_mode = VtdConfig {
+        mode: ModeChoice::Fixed(Mode::Legacy),
+        ..VtdConfig::default()
+    };
+    for (model, config) in [
+        (Model::new(QEMU_7_2_CAP, ECAP_FULL), off),
+        (Model::new(QEMU_7_2_CAP, ECAP_FULL), legacy_mode),
+        (Model::qemu_scalable(), VtdConfig::default()),
+    ] {
+        let mut v = init(model, config).unwrap();
+        assert!(!v.page_requests_enabled());
+        assert_eq!(v.regs().read64(regs::PQA), 0, "no queue programmed");
+        assert_eq!(
+            v.page_group_response(g, ResponseCode::Success),
+            Err(Error::Unsupported(Unsupported::PageRequests))
+        );
+        assert_eq!(v.drain_page_requests(|_| panic!()), PrqReport::default());
+        if v.mode() == Mode::Scalable {
+            let d = v.create_domain().unwrap();
+            v.attach(d, 0, 0x18).unwrap();
+            assert_eq!(sm_context(&v, 0, 0x18).unwrap()[0] & (1 << 4), 0, "no PRE");
+        }
+    }
+    // A bigger queue: 2^2 pages, size-aligned.
+    let big = VtdConfig {
+        prq_pages_log2: 2,
+        ..VtdConfig::default()
+    };
+    let mut v = init(Model::new(QEMU_7_2_CAP, ECAP_FULL), big).unwrap();
+    let pqa = v.regs().read64(regs::PQA);
+    assert_eq!((pqa & 7, pqa & 0x3ff8), (2, 0));
+    let too_big = VtdConfig {
+        prq_pages_log2: 8,
+        ..VtdConfig::default()
+    };
+    assert_eq!(
+        init(Model::new(QEMU_7_2_CAP, ECAP_FULL), too_big).err(),
+        Some(Error::InvalidField("PQA.PQS"))
+    );
+}
+
+#[test]
+fn caching_mode_invalidates_new_pasid_entries() {
+    let mut v = init(
+        Model::new(QEMU_7_2_CAP | CAP_CM, ECAP_FULL),
+        VtdConfig::default(),
+    )
+    .unwrap();
+    let rid = v.create_domain().unwrap();
+    let d = v.create_domain().unwrap();
+    v.attach(rid, 0, 0x18).unwrap();
+    let n = v.regs().descriptors.len();
+    v.attach_pasid(d, 0, 0x18, 9).unwrap();
+    assert_eq!(
+        v.regs().descriptors[n..n + 2],
+        [
+            Descriptor::pasid_cache(inv::PC_G_PASID, 2, 9),
+            Descriptor::iotlb(IotlbInvalidation::Domain(2), true)
+        ]
+    );
+}

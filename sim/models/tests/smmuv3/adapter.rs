@@ -1,0 +1,311 @@
+//! iommu-server's SMMUv3 adapter ([`SmmuHardware`]) against the model: DMA reaches the
+//! mapped frames, unmap and detach take effect before they return, streams are isolated,
+//! and faults come out of `drain_faults` with stream, address and direction.
+
+use std::sync::Arc;
+
+use iommu_adapters::smmuv3::SmmuHardware;
+use iommu_models::smmuv3::{event as evt, Config, DmaError, Smmuv3};
+use iommu_server::{Hardware, HwDomain, HwFault};
+use ipc_protocol::iommu::{IommuKind, PageResponseCode, Perm};
+use ipc_protocol::records::{fault_flags, FaultKind};
+use ipc_protocol::Error;
+use sim_physmem::{PhysMem, RangeAllocator, SimDma};
+use smmuv3::{PollBudget, SmmuConfig};
+
+use crate::rig::{smmu_config, BUFFER_WINDOW, DRIVER_WINDOW, RAM_BASE, RAM_SIZE};
+
+type Hw = SmmuHardware<Smmuv3, SimDma, PollBudget>;
+
+struct Sys {
+    mem: Arc<PhysMem>,
+    model: Smmuv3,
+    hw: Hw,
+    bufs: RangeAllocator,
+}
+
+fn sys_with(config: SmmuConfig) -> Sys {
+    let mem = PhysMem::new(RAM_BASE, RAM_SIZE as usize);
+    let model = Smmuv3::with_config(mem.clone(), Config::QEMU_7_2);
+    let dma = SimDma::new(mem.clone(), RAM_BASE, DRIVER_WINDOW);
+    let hw = SmmuHardware::new(model.clone(), dma, PollBudget::new(1000), config).unwrap();
+    Sys {
+        mem,
+        model,
+        hw,
+        bufs: RangeAllocator::new(BUFFER_WINDOW, 32 << 20),
+    }
+}
+
+fn sys() -> Sys {
+    sys_with(smmu_config())
+}
+
+impl Sys {
+    fn frames(&mut self, n: u64, fill: u8) -> u64 {
+        let pa = self.bufs.alloc(n * 0x1000, 0x1000).unwrap();
+        self.mem
+            .write(pa, &vec![fill; (n * 0x1000) as usize])
+            .unwrap();
+        pa
+    }
+
+    fn faults(&mut self) -> (Vec<HwFault>, u32) {
+        let mut v = Vec::new();
+        let lost = self.hw.drain_faults(&mut |f| v.push(f));
+        (v, lost)
+    }
+
+    fn read(&self, pa: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.mem.read(pa, &mut v).unwrap();
+        v
+    }
+}
+
+const A: u32 = 0x10;
+const B: u32 = 0x100;
+const IOVA: u64 = 0x1000_0000;
+
+fn attached(s: &mut Sys, stream: u32, pa: u64, len: u64, perm: Perm) -> HwDomain {
+    let d = s.hw.domain_alloc().unwrap();
+    s.hw.map(d, IOVA, pa, len, perm).unwrap();
+    s.hw.attach(stream, None, d).unwrap();
+    d
+}
+
+#[test]
+fn mapped_dma_reaches_the_right_frames() {
+    let mut s = sys();
+    let frames = s.frames(3, 0);
+    attached(&mut s, A, frames, 3 * 0x1000, Perm::RW);
+    // Across the first page boundary, then read back across the second.
+    let data: Vec<u8> = (0..0x200).map(|i| i as u8).collect();
+    s.model.dma_write(A, None, IOVA + 0xf00, &data).unwrap();
+    assert_eq!(s.read(frames + 0xf00, 0x200), data);
+    assert_eq!(
+        s.read(frames, 0xf00),
+        vec![0; 0xf00],
+        "nothing before the range"
+    );
+    s.mem.write(frames + 0x1ff0, &[7; 0x20]).unwrap();
+    let mut got = [0u8; 0x20];
+    s.model.dma_read(A, None, IOVA + 0x1ff0, &mut got).unwrap();
+    assert_eq!(got, [7; 0x20]);
+    assert!(s.faults().0.is_empty());
+}
+
+#[test]
+fn unmapped_dma_faults_with_the_right_event() {
+    let mut s = sys();
+    let frames = s.frames(2, 0x11);
+    let d = attached(&mut s, A, frames, 2 * 0x1000, Perm::RW);
+    // Use the mapping (the SMMU's TLB now holds it), then unmap the second page.
+    s.model.dma_write(A, None, IOVA + 0x1000, &[1; 8]).unwrap();
+    s.hw.unmap(d, IOVA + 0x1000, 0x1000).unwrap();
+    let before = s.read(frames + 0x1000, 0x1000);
+    assert_eq!(
+        s.model.dma_write(A, None, IOVA + 0x1040, &[2; 8]),
+        Err(DmaError::Fault {
+            event: evt::F_TRANSLATION,
+            recorded: true
+        })
+    );
+    assert_eq!(s.read(frames + 0x1000, 0x1000), before, "page untouched");
+    let mut b = [0u8; 4];
+    assert!(s.model.dma_read(A, None, IOVA + 0x1ffc, &mut b).is_err());
+    // The first page still works.
+    s.model.dma_write(A, None, IOVA + 0x10, &[3; 4]).unwrap();
+    let (faults, lost) = s.faults();
+    assert_eq!(lost, 0);
+    assert_eq!(
+        faults,
+        [
+            HwFault {
+                stream: A,
+                pasid: None,
+                kind: FaultKind::Translation,
+                flags: 0,
+                reason: 0x10,
+                address: IOVA + 0x1040,
+                group: 0,
+            },
+            HwFault {
+                stream: A,
+                pasid: None,
+                kind: FaultKind::Translation,
+                flags: fault_flags::READ,
+                reason: 0x10,
+                address: IOVA + 0x1ffc,
+                group: 0,
+            },
+        ]
+    );
+}
+
+#[test]
+fn read_only_mappings_give_permission_faults() {
+    let mut s = sys();
+    let frames = s.frames(1, 0x5a);
+    attached(&mut s, A, frames, 0x1000, Perm::READ);
+    let mut b = [0u8; 2];
+    s.model.dma_read(A, None, IOVA + 2, &mut b).unwrap();
+    assert_eq!(b, [0x5a; 2]);
+    assert!(s.model.dma_write(A, None, IOVA + 0x80, &[0; 4]).is_err());
+    assert_eq!(s.read(frames, 0x1000), vec![0x5a; 0x1000]);
+    let (faults, _) = s.faults();
+    assert_eq!(faults.len(), 1);
+    assert_eq!(
+        (
+            faults[0].stream,
+            faults[0].kind,
+            faults[0].address,
+            faults[0].flags
+        ),
+        (A, FaultKind::Permission, IOVA + 0x80, 0)
+    );
+    assert_eq!(faults[0].reason, 0x13);
+}
+
+#[test]
+fn detach_aborts_the_stream() {
+    let mut s = sys();
+    let frames = s.frames(1, 0);
+    let d = attached(&mut s, A, frames, 0x1000, Perm::RW);
+    s.model.dma_write(A, None, IOVA, &[1; 4]).unwrap();
+    s.hw.detach(A, None).unwrap();
+    assert_eq!(
+        s.model.dma_write(A, None, IOVA, &[9; 4]),
+        Err(DmaError::Aborted)
+    );
+    // Untranslated addresses do not get through either.
+    assert_eq!(
+        s.model.dma_write(A, None, frames, &[9; 4]),
+        Err(DmaError::Aborted)
+    );
+    assert_eq!(s.read(frames, 4), [1; 4]);
+    assert!(s.faults().0.is_empty(), "abort records nothing");
+    assert_eq!(s.hw.detach(A, None), Err(Error::NotFound));
+    // Attached again, DMA flows.
+    s.hw.attach(A, None, d).unwrap();
+    s.model.dma_write(A, None, IOVA, &[5; 4]).unwrap();
+    assert_eq!(s.read(frames, 4), [5; 4]);
+}
+
+#[test]
+fn two_streams_are_isolated() {
+    let mut s = sys();
+    let (fa, fb) = (s.frames(1, 0xa), s.frames(1, 0xb));
+    let da = attached(&mut s, A, fa, 0x1000, Perm::RW);
+    let db = attached(&mut s, B, fb, 0x1000, Perm::RW);
+    assert_ne!(s.hw.asid(da), s.hw.asid(db));
+    // The same IOVA reaches each stream's own frame.
+    let mut b = [0u8; 1];
+    s.model.dma_read(A, None, IOVA, &mut b).unwrap();
+    assert_eq!(b, [0xa]);
+    s.model.dma_read(B, None, IOVA, &mut b).unwrap();
+    assert_eq!(b, [0xb]);
+    // B maps a second page; A cannot reach it.
+    let fb2 = s.frames(1, 0xbb);
+    s.hw.map(db, IOVA + 0x1000, fb2, 0x1000, Perm::RW).unwrap();
+    assert!(s.model.dma_write(A, None, IOVA + 0x1000, &[0; 4]).is_err());
+    assert_eq!(s.read(fb2, 0x1000), vec![0xbb; 0x1000]);
+    let (faults, _) = s.faults();
+    assert_eq!(faults.len(), 1);
+    assert_eq!(
+        (faults[0].stream, faults[0].kind, faults[0].address),
+        (A, FaultKind::Translation, IOVA + 0x1000)
+    );
+    // Unmapping A's page does not disturb B.
+    s.hw.unmap(da, IOVA, 0x1000).unwrap();
+    assert!(s.model.dma_read(A, None, IOVA, &mut b).is_err());
+    s.model.dma_read(B, None, IOVA, &mut b).unwrap();
+    assert_eq!(b, [0xb]);
+}
+
+#[test]
+fn domains_asids_and_errors() {
+    let mut s = sys();
+    let info = s.hw.device_info(A);
+    assert_eq!(info.iommu, IommuKind::Smmuv3);
+    assert_eq!(
+        (info.pasid_bits, info.pri, info.ats, info.stall),
+        (0, false, false, false)
+    );
+    assert_eq!(info.iova_bits, 39);
+    assert_eq!(info.page_sizes, (1 << 12) | (1 << 21) | (1 << 30));
+
+    let frames = s.frames(1, 0);
+    let d1 = s.hw.domain_alloc().unwrap();
+    let d2 = s.hw.domain_alloc().unwrap();
+    assert_eq!((s.hw.asid(d1), s.hw.asid(d2)), (Some(1), Some(2)));
+    s.hw.map(d1, IOVA, frames, 0x1000, Perm::RW).unwrap();
+    assert_eq!(
+        s.hw.map(d1, IOVA, frames, 0x1000, Perm::RW),
+        Err(Error::Exists)
+    );
+    assert_eq!(
+        s.hw.map(d1, IOVA + 0x10, frames, 0x1000, Perm::RW),
+        Err(Error::Invalid)
+    );
+    assert_eq!(
+        s.hw.map(d1, IOVA + 0x1000, frames, 0x1000, Perm::WRITE),
+        Err(Error::Unsupported),
+        "stage-1 tables cannot express write-only"
+    );
+    assert_eq!(
+        s.hw.map(HwDomain(99), IOVA, frames, 0x1000, Perm::RW),
+        Err(Error::NotFound)
+    );
+    assert_eq!(s.hw.attach(A, Some(5), d1), Err(Error::Unsupported));
+    s.hw.attach(A, None, d1).unwrap();
+    assert_eq!(s.hw.domain_free(d1), Err(Error::Busy));
+    s.hw.detach(A, None).unwrap();
+    s.hw.unmap(d1, IOVA, 0x1000).unwrap();
+    s.hw.domain_free(d1).unwrap();
+    assert_eq!(s.hw.domain_free(d1), Err(Error::NotFound));
+    // ASID 1 is free again.
+    let d3 = s.hw.domain_alloc().unwrap();
+    assert_eq!(s.hw.asid(d3), Some(1));
+    assert_eq!(
+        s.hw.page_response(A, None, 1, PageResponseCode::Success),
+        Err(Error::Unsupported),
+        "QEMU's SMMU cannot stall and the driver has no PRI queue"
+    );
+}
+
+#[test]
+fn lost_records_are_counted() {
+    let mut s = sys_with(SmmuConfig {
+        evtq_log2: 2,
+        ..smmu_config()
+    });
+    let frames = s.frames(1, 0);
+    attached(&mut s, A, frames, 0x1000, Perm::READ);
+    for k in 0..6 {
+        assert!(s.model.dma_write(A, None, IOVA + k * 4, &[0; 4]).is_err());
+    }
+    let (faults, lost) = s.faults();
+    assert_eq!(faults.len(), 4);
+    assert_eq!(lost, 1, "the SMMU says records were lost, not how many");
+    assert!(faults
+        .iter()
+        .enumerate()
+        .all(|(k, f)| f.address == IOVA + k as u64 * 4 && f.kind == FaultKind::Permission));
+    assert!(s.model.dma_write(A, None, IOVA, &[0; 4]).is_err());
+    let (faults, lost) = s.faults();
+    assert_eq!((faults.len(), lost), (1, 0));
+}
+
+#[test]
+fn bad_configuration_is_reported_as_such() {
+    let mut s = sys();
+    // A StreamID beyond the 9-bit stream table.
+    assert!(s.model.dma_write(0x345, None, 0, &[0]).is_err());
+    let (faults, _) = s.faults();
+    assert_eq!(faults.len(), 1);
+    assert_eq!(
+        (faults[0].stream, faults[0].kind, faults[0].reason),
+        (0x345, FaultKind::BadConfig, 0x02)
+    );
+}

@@ -1,0 +1,137 @@
+//! The [`platform`] seam over simulated capabilities: a client calls through an endpoint
+//! capability it holds, a server receives from one (with its bound notification's
+//! signals handed to a callback), so the servers' request loops run unchanged as
+//! simulated processes.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use platform::{Badge, ClientEndpoint, ServerEndpoint};
+
+use crate::{CPtr, Ctx, RecvKind, SysError};
+
+/// A badged endpoint capability, as a client calls through it.
+pub struct SimClient {
+    ctx: Ctx,
+    ep: CPtr,
+    caps: Vec<CPtr>,
+    reply_caps: Vec<CPtr>,
+}
+
+impl SimClient {
+    pub fn new(ctx: Ctx, ep: CPtr) -> SimClient {
+        SimClient {
+            ctx,
+            ep,
+            caps: Vec::new(),
+            reply_caps: Vec::new(),
+        }
+    }
+
+    /// Capabilities to transfer with the next call.
+    pub fn attach_caps(&mut self, caps: &[CPtr]) {
+        self.caps = caps.to_vec();
+    }
+
+    /// Capabilities that came with the last reply.
+    pub fn take_reply_caps(&mut self) -> Vec<CPtr> {
+        std::mem::take(&mut self.reply_caps)
+    }
+
+    pub fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+}
+
+impl ClientEndpoint for SimClient {
+    type Error = SysError;
+
+    fn call(&mut self, msg: &[u8], reply: &mut [u8]) -> Result<usize, SysError> {
+        let caps = std::mem::take(&mut self.caps);
+        let r = self.ctx.call(self.ep, msg, &caps)?;
+        self.reply_caps = r.caps;
+        let n = r.bytes.len().min(reply.len());
+        reply[..n].copy_from_slice(&r.bytes[..n]);
+        Ok(n)
+    }
+}
+
+/// Capabilities that came with the request a server is handling, shared between the
+/// endpoint and the server's request handler.
+#[derive(Clone, Default)]
+pub struct ReceivedCaps(Rc<RefCell<Vec<CPtr>>>);
+
+impl ReceivedCaps {
+    /// Takes the capabilities of the current request (the handler then owns them).
+    pub fn take(&self) -> Vec<CPtr> {
+        std::mem::take(&mut self.0.borrow_mut())
+    }
+
+    fn set(&self, caps: Vec<CPtr>) -> Vec<CPtr> {
+        std::mem::replace(&mut self.0.borrow_mut(), caps)
+    }
+}
+
+/// The receiving side of an endpoint, as a server's request loop sees it. A reply is
+/// sent together with the next receive (`reply_recv`, one kernel entry). Signals of the
+/// process's bound notification go to `on_signal` and do not end the receive.
+pub struct SimServer<'a> {
+    ctx: Ctx,
+    ep: CPtr,
+    pending_reply: Option<Vec<u8>>,
+    caps: ReceivedCaps,
+    on_signal: Box<dyn FnMut(u64) + 'a>,
+}
+
+impl<'a> SimServer<'a> {
+    pub fn new(ctx: Ctx, ep: CPtr) -> Self {
+        SimServer {
+            ctx,
+            ep,
+            pending_reply: None,
+            caps: ReceivedCaps::default(),
+            on_signal: Box::new(|_| {}),
+        }
+    }
+
+    /// Calls `f` with the notification word whenever the bound notification is
+    /// signalled.
+    pub fn on_signal(mut self, f: impl FnMut(u64) + 'a) -> Self {
+        self.on_signal = Box::new(f);
+        self
+    }
+
+    /// The capabilities of the request being handled.
+    pub fn received_caps(&self) -> ReceivedCaps {
+        self.caps.clone()
+    }
+}
+
+impl ServerEndpoint for SimServer<'_> {
+    type Error = SysError;
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<(Badge, usize), SysError> {
+        // Capabilities the handler did not take are not kept.
+        for c in self.caps.set(Vec::new()) {
+            self.ctx.delete(c)?;
+        }
+        loop {
+            let r = match self.pending_reply.take() {
+                Some(reply) => self.ctx.reply_recv(self.ep, &reply, &[])?,
+                None => self.ctx.recv(self.ep)?,
+            };
+            if r.kind == RecvKind::Notification {
+                (self.on_signal)(r.badge);
+                continue;
+            }
+            self.caps.set(r.caps);
+            let n = r.bytes.len().min(buf.len());
+            buf[..n].copy_from_slice(&r.bytes[..n]);
+            return Ok((r.badge, r.bytes.len()));
+        }
+    }
+
+    fn reply(&mut self, msg: &[u8]) {
+        self.pending_reply = Some(msg.to_vec());
+    }
+}

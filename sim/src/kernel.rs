@@ -1,0 +1,1547 @@
+//! The kernel proper: objects, capability spaces, IPC, devices, the scheduler and fault
+//! injection. Everything here runs with the kernel lock held by the one thread that holds
+//! the baton (see `lib.rs`), so the order of every effect is decided by the scheduler.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+
+use sim_physmem::{PhysMem, RangeAllocator, FRAME};
+
+use crate::cap::{CPtr, Cap, CapInfo, Obj, ObjKind, Pid, Rights, SysError};
+use crate::machine::{
+    Access, DeviceDesc, DmaDirection, DmaFault, DmaJob, DmaRequest, IommuUnit, JobStatus,
+};
+use crate::rng::SplitMix64;
+
+/// A process's program.
+pub type Entry = Box<dyn FnOnce(crate::Ctx) + Send + 'static>;
+
+/// How a process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Its program returned.
+    Returned,
+    /// Killed (by fault injection or by its supervisor) at this step.
+    Killed { step: u64 },
+    /// Its program panicked (the simulation's model of a fault).
+    Panicked(String),
+    /// Still blocked when the simulation shut down (servers waiting for requests).
+    Shutdown,
+}
+
+/// Why a supervisor hears about a process: the first byte of the message the kernel
+/// sends to the process's fault endpoint when it ends.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathCause {
+    /// Its program returned.
+    Exited = 1,
+    /// It was killed.
+    Killed = 2,
+    /// It faulted (panicked).
+    Faulted = 3,
+}
+
+impl DeathCause {
+    /// Decodes a fault message.
+    pub fn decode(bytes: &[u8]) -> Option<DeathCause> {
+        match bytes {
+            [1] => Some(DeathCause::Exited),
+            [2] => Some(DeathCause::Killed),
+            [3] => Some(DeathCause::Faulted),
+            _ => None,
+        }
+    }
+
+    fn of(exit: &Exit) -> DeathCause {
+        match exit {
+            Exit::Returned | Exit::Shutdown => DeathCause::Exited,
+            Exit::Killed { .. } => DeathCause::Killed,
+            Exit::Panicked(_) => DeathCause::Faulted,
+        }
+    }
+}
+
+/// What a blocked process waits for (object indices are the kernel's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Receive(u32),
+    Send(u32),
+    Call(u32),
+    Reply(Pid),
+    Notification(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PState {
+    /// Created, not started.
+    Created,
+    Ready,
+    Blocked(Wait),
+    /// Killed; its thread still has to unwind.
+    Dying(Exit),
+    Dead(Exit),
+}
+
+/// How a received message arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvKind {
+    /// A call: the receiver owes a reply.
+    Call,
+    /// A send (or a message from the kernel): no reply expected.
+    Send,
+    /// The bound notification was signalled; the badge is the notification word.
+    Notification,
+}
+
+/// A received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The badge of the capability the sender used (the notification word for
+    /// [`RecvKind::Notification`]).
+    pub badge: u64,
+    pub kind: RecvKind,
+    pub bytes: Vec<u8>,
+    /// Capabilities that came with the message, now in the receiver's space.
+    pub caps: Vec<CPtr>,
+}
+
+/// A reply to a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    pub caps: Vec<CPtr>,
+}
+
+pub(crate) enum Inbox {
+    Message(Received),
+    Reply(Reply),
+    Signal(u64),
+}
+
+/// The system calls, as recorded in the trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Syscall {
+    Call,
+    Send,
+    NbSend,
+    Recv,
+    Reply,
+    ReplyRecv,
+    Signal,
+    Wait,
+    Poll,
+    Bind,
+    Yield,
+    Copy,
+    Mint,
+    Delete,
+    Identify,
+    FrameRead,
+    FrameWrite,
+    FrameInfo,
+    Map,
+    IrqSetNotification,
+    IrqAck,
+    DeviceSubmit,
+    DeviceResults,
+    DeviceBuffer,
+    DeviceSetNotification,
+    DeviceInfo,
+    Create,
+    Give,
+    SetFaultHandler,
+    Start,
+    Kill,
+}
+
+/// One scheduling-relevant event: what a run did, in order. Two runs with the same seed
+/// and the same programs have the same trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A process entered the kernel.
+    Syscall { step: u64, pid: Pid, call: Syscall },
+    /// A device did one page of DMA (`ok`: the IOMMU let it through).
+    Dma {
+        step: u64,
+        device: u32,
+        iova: u64,
+        ok: bool,
+    },
+}
+
+/// What happened that tests judge a run by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// A process ended.
+    Died {
+        step: u64,
+        pid: Pid,
+        name: String,
+        exit: Exit,
+    },
+    /// The last capability to a frame was deleted: its memory went back to the pool.
+    FrameFreed { step: u64, paddr: u64, bytes: u64 },
+    /// A page of DMA reached memory.
+    Dma {
+        step: u64,
+        device: u32,
+        iova: u64,
+        paddr: u64,
+        len: u64,
+        write: bool,
+    },
+    /// An IOMMU blocked a DMA access.
+    DmaBlocked { step: u64, device: u32, iova: u64 },
+    /// DMA reached memory that no capability refers to (freed memory): always a bug.
+    DmaToFreeMemory {
+        step: u64,
+        device: u32,
+        paddr: u64,
+        len: u64,
+    },
+}
+
+/// Where fault injection kills a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KillPoint {
+    /// At the process's `entry`-th kernel entry (1 = its first system call); the call
+    /// does not happen.
+    AtEntry { process: String, entry: u64 },
+    /// At global step `step`, whatever the process is doing (blocked in a call, waiting
+    /// for a reply, ready to run).
+    AtStep { process: String, step: u64 },
+}
+
+/// Fault injection of one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Injection {
+    pub kills: Vec<KillPoint>,
+    /// Probability (per mille) that a message sent to an endpoint is delivered late.
+    pub delay_per_mille: u32,
+    /// A late message becomes deliverable 1..=max_delay steps after it was sent.
+    pub max_delay: u64,
+    /// Probability (per mille) that a receive takes a waiting sender other than the
+    /// first (only among different senders: one sender's messages stay in order).
+    pub reorder_per_mille: u32,
+}
+
+struct Pending {
+    /// `None`: a message from the kernel (a fault message).
+    from: Option<Pid>,
+    badge: u64,
+    bytes: Vec<u8>,
+    caps: Vec<Cap>,
+    call: bool,
+    ready_at: u64,
+}
+
+struct EndpointObj {
+    name: String,
+    queue: VecDeque<Pending>,
+    receivers: VecDeque<Pid>,
+}
+
+struct NtfnObj {
+    name: String,
+    word: u64,
+    waiters: VecDeque<Pid>,
+    bound: Option<Pid>,
+}
+
+struct FrameObj {
+    paddr: u64,
+    pages: u64,
+    refs: u32,
+}
+
+struct ActiveJob {
+    id: u64,
+    job: DmaJob,
+    done: u64,
+}
+
+struct DeviceObj {
+    name: String,
+    iommu: u32,
+    stream: u32,
+    buffer: Vec<u8>,
+    jobs: VecDeque<ActiveJob>,
+    finished: Vec<JobStatus>,
+    completion: Option<(u32, u64)>,
+    next_id: u64,
+}
+
+struct IommuObj {
+    name: String,
+    unit: Arc<Mutex<dyn IommuUnit>>,
+    irq: Option<(u32, u64)>,
+    /// Delivered and not yet acknowledged.
+    masked: bool,
+    /// Raised while masked.
+    latched: bool,
+}
+
+pub(crate) struct ProcObj {
+    pub name: String,
+    pub daemon: bool,
+    pub state: PState,
+    cspace: Vec<Option<Cap>>,
+    pub names: BTreeMap<String, CPtr>,
+    pub entries: u64,
+    pub inbox: Option<Inbox>,
+    reply_to: Option<Pid>,
+    bound: Option<u32>,
+    fault: Option<(u32, u64)>,
+    pub entry: Option<Entry>,
+    pub thread: Option<Thread>,
+    /// Frames mapped into its address space (kept alive by the mapping).
+    mapped: Vec<Cap>,
+}
+
+/// What the scheduler decided.
+pub(crate) enum Next {
+    Run(Pid),
+    /// Nothing can run: the run phase is over (finished or deadlocked).
+    Idle,
+}
+
+pub(crate) struct Kernel {
+    pub step: u64,
+    rng: SplitMix64,
+    pub procs: Vec<ProcObj>,
+    eps: Vec<EndpointObj>,
+    ntfns: Vec<NtfnObj>,
+    frames: Vec<FrameObj>,
+    /// Live frames by physical address.
+    live_frames: BTreeMap<u64, u32>,
+    pub mem: Arc<PhysMem>,
+    pool: RangeAllocator,
+    devices: Vec<DeviceObj>,
+    iommus: Vec<IommuObj>,
+    inject: Injection,
+    pub record_trace: bool,
+    pub trace: Vec<Event>,
+    pub trace_hash: u64,
+    pub notes: Vec<Note>,
+    pub shutting_down: bool,
+}
+
+fn mix(h: u64, v: u64) -> u64 {
+    (h ^ v).wrapping_mul(0x100_0000_01b3).rotate_left(17)
+}
+
+impl Kernel {
+    pub fn new(seed: u64, mem: Arc<PhysMem>, inject: Injection, record_trace: bool) -> Kernel {
+        let pool = RangeAllocator::new(mem.base(), mem.end() - mem.base());
+        Kernel {
+            step: 0,
+            rng: SplitMix64::new(seed),
+            procs: Vec::new(),
+            eps: Vec::new(),
+            ntfns: Vec::new(),
+            frames: Vec::new(),
+            live_frames: BTreeMap::new(),
+            mem,
+            pool,
+            devices: Vec::new(),
+            iommus: Vec::new(),
+            inject,
+            record_trace,
+            trace: Vec::new(),
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+            notes: Vec::new(),
+            shutting_down: false,
+        }
+    }
+
+    fn record(&mut self, e: Event) {
+        let v = match e {
+            Event::Syscall { step, pid, call } => mix(mix(step, u64::from(pid)), call as u64),
+            Event::Dma {
+                step,
+                device,
+                iova,
+                ok,
+            } => mix(mix(mix(step, u64::from(device) | 1 << 40), iova), ok as u64),
+        };
+        self.trace_hash = mix(self.trace_hash, v);
+        if self.record_trace {
+            self.trace.push(e);
+        }
+    }
+
+    // ----- machine and objects -----
+
+    pub fn add_iommu(&mut self, name: &str, unit: Arc<Mutex<dyn IommuUnit>>) -> u32 {
+        self.iommus.push(IommuObj {
+            name: name.into(),
+            unit,
+            irq: None,
+            masked: false,
+            latched: false,
+        });
+        self.iommus.len() as u32 - 1
+    }
+
+    pub fn add_device(&mut self, name: &str, iommu: u32, stream: u32, buffer_bytes: u64) -> u32 {
+        assert!((iommu as usize) < self.iommus.len(), "no IOMMU {iommu}");
+        self.devices.push(DeviceObj {
+            name: name.into(),
+            iommu,
+            stream,
+            buffer: vec![0; buffer_bytes as usize],
+            jobs: VecDeque::new(),
+            finished: Vec::new(),
+            completion: None,
+            next_id: 1,
+        });
+        self.devices.len() as u32 - 1
+    }
+
+    pub fn iommu_count(&self) -> u32 {
+        self.iommus.len() as u32
+    }
+
+    pub fn device_count(&self) -> u32 {
+        self.devices.len() as u32
+    }
+
+    pub fn new_endpoint(&mut self, name: &str) -> Obj {
+        self.eps.push(EndpointObj {
+            name: name.into(),
+            queue: VecDeque::new(),
+            receivers: VecDeque::new(),
+        });
+        Obj::Endpoint(self.eps.len() as u32 - 1)
+    }
+
+    pub fn new_notification(&mut self, name: &str) -> Obj {
+        self.ntfns.push(NtfnObj {
+            name: name.into(),
+            word: 0,
+            waiters: VecDeque::new(),
+            bound: None,
+        });
+        Obj::Notification(self.ntfns.len() as u32 - 1)
+    }
+
+    pub fn new_frame(&mut self, pages: u64) -> Result<Obj, SysError> {
+        if pages == 0 {
+            return Err(SysError::InvalidArgument);
+        }
+        let bytes = pages.checked_mul(FRAME).ok_or(SysError::InvalidArgument)?;
+        let paddr = self
+            .pool
+            .alloc(bytes, FRAME)
+            .ok_or(SysError::NotEnoughMemory)?;
+        self.mem.zero(paddr, bytes).expect("pool inside RAM");
+        let id = self.frames.len() as u32;
+        self.frames.push(FrameObj {
+            paddr,
+            pages,
+            refs: 0,
+        });
+        self.live_frames.insert(paddr, id);
+        Ok(Obj::Frame(id))
+    }
+
+    pub fn new_process(&mut self, name: &str, daemon: bool, entry: Entry) -> Pid {
+        self.procs.push(ProcObj {
+            name: name.into(),
+            daemon,
+            state: PState::Created,
+            cspace: vec![None],
+            names: BTreeMap::new(),
+            entries: 0,
+            inbox: None,
+            reply_to: None,
+            bound: None,
+            fault: None,
+            entry: Some(entry),
+            thread: None,
+            mapped: Vec::new(),
+        });
+        self.procs.len() as u32 - 1
+    }
+
+    // ----- capability spaces -----
+
+    /// Counts a new reference to the object of `cap` (only frames are counted: their
+    /// memory returns to the pool when the last reference goes).
+    fn retain(&mut self, cap: &Cap) {
+        if let Obj::Frame(f) = cap.obj {
+            self.frames[f as usize].refs += 1;
+        }
+    }
+
+    fn release(&mut self, cap: Cap) {
+        if let Obj::Frame(f) = cap.obj {
+            let fr = &mut self.frames[f as usize];
+            fr.refs -= 1;
+            if fr.refs == 0 {
+                let (paddr, bytes) = (fr.paddr, fr.pages * FRAME);
+                self.live_frames.remove(&paddr);
+                self.pool.free(paddr, bytes);
+                self.notes.push(Note::FrameFreed {
+                    step: self.step,
+                    paddr,
+                    bytes,
+                });
+            }
+        }
+    }
+
+    /// Puts `cap` (already retained) into a free slot of `pid`'s space.
+    fn install(&mut self, pid: Pid, cap: Cap, name: Option<&str>) -> CPtr {
+        let p = &mut self.procs[pid as usize];
+        let slot = match p.cspace.iter().skip(1).position(Option::is_none) {
+            Some(i) => i + 1,
+            None => {
+                p.cspace.push(None);
+                p.cspace.len() - 1
+            }
+        };
+        p.cspace[slot] = Some(cap);
+        if let Some(n) = name {
+            p.names.insert(n.into(), slot as CPtr);
+        }
+        slot as CPtr
+    }
+
+    /// Creates `obj` and a capability with every right to it in `pid`'s space.
+    pub fn install_new(&mut self, pid: Pid, obj: Obj, name: Option<&str>) -> CPtr {
+        let cap = Cap {
+            obj,
+            badge: 0,
+            rights: Rights::ALL,
+        };
+        self.retain(&cap);
+        self.install(pid, cap, name)
+    }
+
+    /// Gives `pid` a capability to `obj` (from outside the simulation).
+    pub fn install_outside(&mut self, pid: Pid, obj: Obj, badge: u64, rights: Rights, name: &str) {
+        let cap = Cap { obj, badge, rights };
+        self.retain(&cap);
+        self.install(pid, cap, Some(name));
+    }
+
+    fn cap(&self, pid: Pid, slot: CPtr) -> Result<Cap, SysError> {
+        self.procs[pid as usize]
+            .cspace
+            .get(slot as usize)
+            .copied()
+            .flatten()
+            .ok_or(SysError::InvalidCap)
+    }
+
+    /// The capability in `slot`, checked for kind and rights.
+    fn cap_as(&self, pid: Pid, slot: CPtr, kind: ObjKind, need: Rights) -> Result<Cap, SysError> {
+        let cap = self.cap(pid, slot)?;
+        if cap.obj.kind() != kind {
+            return Err(SysError::WrongType);
+        }
+        if !cap.rights.contains(need) {
+            return Err(SysError::NoRights);
+        }
+        Ok(cap)
+    }
+
+    pub fn identify(&self, pid: Pid, slot: CPtr) -> Result<CapInfo, SysError> {
+        let cap = self.cap(pid, slot)?;
+        Ok(CapInfo {
+            kind: cap.obj.kind(),
+            badge: cap.badge,
+            rights: cap.rights,
+        })
+    }
+
+    /// A copy of a capability with at most its rights (seL4 `CNode_Copy`).
+    pub fn copy(&mut self, pid: Pid, slot: CPtr, rights: Rights) -> Result<CPtr, SysError> {
+        let mut cap = self.cap(pid, slot)?;
+        cap.rights = cap.rights.intersect(rights);
+        self.retain(&cap);
+        Ok(self.install(pid, cap, None))
+    }
+
+    /// A badged copy (seL4 `CNode_Mint`): only an unbadged endpoint or notification
+    /// capability can be badged, so a holder of a badged capability cannot make one that
+    /// speaks with another badge.
+    pub fn mint(
+        &mut self,
+        pid: Pid,
+        slot: CPtr,
+        badge: u64,
+        rights: Rights,
+    ) -> Result<CPtr, SysError> {
+        let cap = self.minted(pid, slot, badge, rights)?;
+        self.retain(&cap);
+        Ok(self.install(pid, cap, None))
+    }
+
+    fn minted(&self, pid: Pid, slot: CPtr, badge: u64, rights: Rights) -> Result<Cap, SysError> {
+        let mut cap = self.cap(pid, slot)?;
+        if !matches!(cap.obj, Obj::Endpoint(_) | Obj::Notification(_)) {
+            return Err(SysError::WrongType);
+        }
+        if badge == 0 {
+            return Err(SysError::InvalidArgument);
+        }
+        if cap.badge != 0 {
+            return Err(SysError::AlreadyBadged);
+        }
+        cap.badge = badge;
+        cap.rights = cap.rights.intersect(rights);
+        Ok(cap)
+    }
+
+    pub fn delete(&mut self, pid: Pid, slot: CPtr) -> Result<(), SysError> {
+        let p = &mut self.procs[pid as usize];
+        let cap = p
+            .cspace
+            .get_mut(slot as usize)
+            .and_then(Option::take)
+            .ok_or(SysError::InvalidCap)?;
+        p.names.retain(|_, s| *s != slot);
+        self.release(cap);
+        Ok(())
+    }
+
+    // ----- entering the kernel, dying -----
+
+    /// Counts a kernel entry of `pid` (a step) and fires the kill points it reaches.
+    pub fn enter(&mut self, pid: Pid, call: Syscall) {
+        self.tick();
+        self.procs[pid as usize].entries += 1;
+        self.record(Event::Syscall {
+            step: self.step,
+            pid,
+            call,
+        });
+        let (name, entries) = {
+            let p = &self.procs[pid as usize];
+            (p.name.clone(), p.entries)
+        };
+        let hit = self.inject.kills.iter().position(|k| {
+            matches!(k, KillPoint::AtEntry { process, entry } if *process == name && *entry == entries)
+        });
+        if let Some(i) = hit {
+            self.inject.kills.remove(i);
+            self.kill(pid, Exit::Killed { step: self.step });
+        }
+    }
+
+    /// Advances time by one step and fires the step kill points. A point whose process
+    /// has not been started yet waits for it; one whose process already ended is dropped.
+    fn tick(&mut self) {
+        self.step += 1;
+        let mut i = 0;
+        while i < self.inject.kills.len() {
+            let KillPoint::AtStep { process, step } = &self.inject.kills[i] else {
+                i += 1;
+                continue;
+            };
+            if *step > self.step {
+                i += 1;
+                continue;
+            }
+            let named = |p: &ProcObj| p.name == *process;
+            let running = self.procs.iter().position(|p| {
+                named(p) && matches!(p.state, PState::Ready | PState::Blocked(_))
+            });
+            let waiting = self
+                .procs
+                .iter()
+                .any(|p| named(p) && p.state == PState::Created);
+            match running {
+                Some(v) => {
+                    self.inject.kills.remove(i);
+                    self.kill(v as Pid, Exit::Killed { step: self.step });
+                }
+                None if waiting => i += 1,
+                None => {
+                    self.inject.kills.remove(i);
+                }
+            }
+        }
+    }
+
+    pub fn is_dying(&self, pid: Pid) -> bool {
+        matches!(self.procs[pid as usize].state, PState::Dying(_))
+    }
+
+    /// Ends a process: it leaves every queue, its capabilities are deleted (frames whose
+    /// last reference it held return to the pool), and its supervisor is told. Its
+    /// thread, if it has one, unwinds when next given the baton.
+    pub fn kill(&mut self, pid: Pid, exit: Exit) {
+        let state = self.procs[pid as usize].state.clone();
+        match state {
+            PState::Dying(_) | PState::Dead(_) => return,
+            PState::Blocked(Wait::Receive(e)) => {
+                self.eps[e as usize].receivers.retain(|&r| r != pid);
+            }
+            PState::Blocked(Wait::Send(e)) | PState::Blocked(Wait::Call(e)) => {
+                let q = &mut self.eps[e as usize].queue;
+                if let Some(i) = q.iter().position(|m| m.from == Some(pid)) {
+                    let m = q.remove(i).expect("found");
+                    for c in m.caps {
+                        self.release(c);
+                    }
+                }
+            }
+            PState::Blocked(Wait::Notification(n)) => {
+                self.ntfns[n as usize].waiters.retain(|&w| w != pid);
+            }
+            PState::Blocked(Wait::Reply(_)) | PState::Ready | PState::Created => {}
+        }
+        let p = &mut self.procs[pid as usize];
+        p.reply_to = None;
+        p.inbox = None;
+        if let Some(n) = p.bound.take() {
+            self.ntfns[n as usize].bound = None;
+        }
+        let caps: Vec<Cap> = p.cspace.iter_mut().filter_map(Option::take).collect();
+        let mapped = std::mem::take(&mut p.mapped);
+        p.names.clear();
+        let fault = p.fault.take();
+        let has_thread = p.thread.is_some();
+        let name = p.name.clone();
+        p.entry = None;
+        p.state = if has_thread {
+            PState::Dying(exit.clone())
+        } else {
+            PState::Dead(exit.clone())
+        };
+        for c in caps.into_iter().chain(mapped) {
+            self.release(c);
+        }
+        self.notes.push(Note::Died {
+            step: self.step,
+            pid,
+            name,
+            exit: exit.clone(),
+        });
+        if let Some((ep, badge)) = fault {
+            self.eps[ep as usize].queue.push_back(Pending {
+                from: None,
+                badge,
+                bytes: vec![DeathCause::of(&exit) as u8],
+                caps: Vec::new(),
+                call: false,
+                ready_at: self.step,
+            });
+            self.try_deliver(ep);
+        }
+    }
+
+    /// The thread of a dying process has unwound.
+    pub fn reaped(&mut self, pid: Pid) {
+        let p = &mut self.procs[pid as usize];
+        if let PState::Dying(e) = &p.state {
+            p.state = PState::Dead(e.clone());
+        }
+        p.thread = None;
+    }
+
+    // ----- IPC -----
+
+    fn delay(&mut self) -> u64 {
+        if self.inject.delay_per_mille > 0 && self.rng.chance(self.inject.delay_per_mille) {
+            1 + self.rng.below(self.inject.max_delay.max(1))
+        } else {
+            0
+        }
+    }
+
+    /// Snapshots the capabilities a message carries (each retained).
+    fn carried(&mut self, pid: Pid, caps: &[CPtr]) -> Result<Vec<Cap>, SysError> {
+        let caps = caps
+            .iter()
+            .map(|&s| self.cap(pid, s))
+            .collect::<Result<Vec<Cap>, SysError>>()?;
+        for c in &caps {
+            self.retain(c);
+        }
+        Ok(caps)
+    }
+
+    /// Send, call or non-blocking send through an endpoint capability.
+    pub fn send(
+        &mut self,
+        pid: Pid,
+        slot: CPtr,
+        bytes: &[u8],
+        caps: &[CPtr],
+        call: bool,
+        blocking: bool,
+    ) -> Result<bool, SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Endpoint, Rights::WRITE)?;
+        if !caps.is_empty() && !cap.rights.contains(Rights::GRANT) {
+            return Err(SysError::NoRights);
+        }
+        let Obj::Endpoint(ep) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        let caps = self.carried(pid, caps)?;
+        let m = Pending {
+            from: Some(pid),
+            badge: cap.badge,
+            bytes: bytes.to_vec(),
+            caps,
+            call,
+            ready_at: self.step,
+        };
+        if !blocking {
+            // seL4_NBSend: delivered only if a receiver waits now, else dropped.
+            match self.eps[ep as usize].receivers.pop_front() {
+                Some(r) => self.deliver(r, m),
+                None => {
+                    for c in m.caps {
+                        self.release(c);
+                    }
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        let ready_at = self.step + self.delay();
+        self.eps[ep as usize]
+            .queue
+            .push_back(Pending { ready_at, ..m });
+        self.procs[pid as usize].state =
+            PState::Blocked(if call { Wait::Call(ep) } else { Wait::Send(ep) });
+        self.try_deliver(ep);
+        Ok(true)
+    }
+
+    /// Receive from an endpoint (a bound notification that has been signalled comes
+    /// first). Returns whether something was delivered now (else `pid` is blocked).
+    pub fn recv(&mut self, pid: Pid, slot: CPtr) -> Result<bool, SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Endpoint, Rights::READ)?;
+        let Obj::Endpoint(ep) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        if let Some(n) = self.procs[pid as usize].bound {
+            let word = std::mem::take(&mut self.ntfns[n as usize].word);
+            if word != 0 {
+                let p = &mut self.procs[pid as usize];
+                p.inbox = Some(Inbox::Signal(word));
+                p.state = PState::Ready;
+                return Ok(true);
+            }
+        }
+        self.procs[pid as usize].state = PState::Blocked(Wait::Receive(ep));
+        self.eps[ep as usize].receivers.push_back(pid);
+        self.try_deliver(ep);
+        Ok(self.procs[pid as usize].state == PState::Ready)
+    }
+
+    /// Replies to the caller `pid` last received a call from. A caller that has gone
+    /// (killed) is not an error: the reply is dropped.
+    pub fn reply(&mut self, pid: Pid, bytes: &[u8], caps: &[CPtr]) -> Result<(), SysError> {
+        let caps = self.carried(pid, caps)?;
+        let Some(caller) = self.procs[pid as usize].reply_to.take() else {
+            for c in caps {
+                self.release(c);
+            }
+            return Ok(());
+        };
+        if self.procs[caller as usize].state != PState::Blocked(Wait::Reply(pid)) {
+            for c in caps {
+                self.release(c);
+            }
+            return Ok(());
+        }
+        let slots = caps
+            .into_iter()
+            .map(|c| self.install(caller, c, None))
+            .collect();
+        let c = &mut self.procs[caller as usize];
+        c.inbox = Some(Inbox::Reply(Reply {
+            bytes: bytes.to_vec(),
+            caps: slots,
+        }));
+        c.state = PState::Ready;
+        Ok(())
+    }
+
+    /// Which waiting message of `ep` to deliver next: the first deliverable one, or with
+    /// injected reordering the first deliverable one of a randomly chosen sender.
+    fn pick(&mut self, ep: u32) -> Option<usize> {
+        let now = self.step;
+        let q = &self.eps[ep as usize].queue;
+        let mut firsts: Vec<usize> = Vec::new();
+        for (i, m) in q.iter().enumerate() {
+            if m.ready_at > now {
+                continue;
+            }
+            // One sender's messages stay in order (kernel messages count as one sender).
+            if q.iter()
+                .take(i)
+                .any(|o| o.from == m.from && o.ready_at <= now)
+            {
+                continue;
+            }
+            firsts.push(i);
+        }
+        match firsts.len() {
+            0 => None,
+            1 => Some(firsts[0]),
+            n => {
+                if self.rng.chance(self.inject.reorder_per_mille) {
+                    Some(firsts[self.rng.below(n as u64) as usize])
+                } else {
+                    Some(firsts[0])
+                }
+            }
+        }
+    }
+
+    /// Matches waiting receivers of `ep` with its deliverable messages.
+    fn try_deliver(&mut self, ep: u32) {
+        while !self.eps[ep as usize].receivers.is_empty() {
+            let Some(i) = self.pick(ep) else { return };
+            let m = self.eps[ep as usize].queue.remove(i).expect("picked");
+            let r = self.eps[ep as usize]
+                .receivers
+                .pop_front()
+                .expect("checked");
+            self.deliver(r, m);
+        }
+    }
+
+    /// Hands message `m` to receiver `r`; a caller then waits for `r`'s reply, a sender
+    /// goes on.
+    fn deliver(&mut self, r: Pid, m: Pending) {
+        let slots: Vec<CPtr> = m
+            .caps
+            .into_iter()
+            .map(|c| self.install(r, c, None))
+            .collect();
+        let kind = if m.call {
+            RecvKind::Call
+        } else {
+            RecvKind::Send
+        };
+        let rp = &mut self.procs[r as usize];
+        rp.inbox = Some(Inbox::Message(Received {
+            badge: m.badge,
+            kind,
+            bytes: m.bytes,
+            caps: slots,
+        }));
+        rp.state = PState::Ready;
+        rp.reply_to = None;
+        if let Some(s) = m.from {
+            if m.call {
+                self.procs[r as usize].reply_to = Some(s);
+                self.procs[s as usize].state = PState::Blocked(Wait::Reply(r));
+            } else {
+                self.procs[s as usize].state = PState::Ready;
+            }
+        }
+    }
+
+    /// The earliest step at which a delayed message becomes deliverable to a waiting
+    /// receiver.
+    fn next_due(&self) -> Option<u64> {
+        self.eps
+            .iter()
+            .filter(|e| !e.receivers.is_empty())
+            .flat_map(|e| e.queue.iter().map(|m| m.ready_at))
+            .filter(|&t| t > self.step)
+            .min()
+    }
+
+    fn deliver_due(&mut self) {
+        for ep in 0..self.eps.len() as u32 {
+            let e = &self.eps[ep as usize];
+            if !e.receivers.is_empty() && !e.queue.is_empty() {
+                self.try_deliver(ep);
+            }
+        }
+    }
+
+    // ----- notifications -----
+
+    fn notify(&mut self, n: u32, badge: u64) {
+        let nt = &mut self.ntfns[n as usize];
+        if let Some(w) = nt.waiters.pop_front() {
+            let p = &mut self.procs[w as usize];
+            p.inbox = Some(Inbox::Signal(badge));
+            p.state = PState::Ready;
+            return;
+        }
+        if let Some(b) = nt.bound {
+            if let PState::Blocked(Wait::Receive(ep)) = self.procs[b as usize].state {
+                self.eps[ep as usize].receivers.retain(|&r| r != b);
+                let word = std::mem::take(&mut self.ntfns[n as usize].word) | badge;
+                let p = &mut self.procs[b as usize];
+                p.inbox = Some(Inbox::Signal(word));
+                p.state = PState::Ready;
+                return;
+            }
+        }
+        self.ntfns[n as usize].word |= badge;
+    }
+
+    pub fn signal(&mut self, pid: Pid, slot: CPtr) -> Result<(), SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Notification, Rights::WRITE)?;
+        let Obj::Notification(n) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        self.notify(n, cap.badge);
+        Ok(())
+    }
+
+    /// Wait (blocking) or poll: returns the word if it was non-zero.
+    pub fn wait(&mut self, pid: Pid, slot: CPtr, blocking: bool) -> Result<Option<u64>, SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Notification, Rights::READ)?;
+        let Obj::Notification(n) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        let word = std::mem::take(&mut self.ntfns[n as usize].word);
+        if word != 0 || !blocking {
+            return Ok(Some(word));
+        }
+        self.ntfns[n as usize].waiters.push_back(pid);
+        self.procs[pid as usize].state = PState::Blocked(Wait::Notification(n));
+        Ok(None)
+    }
+
+    pub fn bind(&mut self, pid: Pid, slot: CPtr) -> Result<(), SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Notification, Rights::READ)?;
+        let Obj::Notification(n) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        if self.ntfns[n as usize].bound.is_some() || self.procs[pid as usize].bound.is_some() {
+            return Err(SysError::IllegalOperation);
+        }
+        self.ntfns[n as usize].bound = Some(pid);
+        self.procs[pid as usize].bound = Some(n);
+        Ok(())
+    }
+
+    pub fn take_inbox(&mut self, pid: Pid) -> Option<Inbox> {
+        self.procs[pid as usize].inbox.take()
+    }
+
+    // ----- frames -----
+
+    fn frame(&self, pid: Pid, slot: CPtr, need: Rights) -> Result<(u64, u64), SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Frame, need)?;
+        let Obj::Frame(f) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        let fr = &self.frames[f as usize];
+        Ok((fr.paddr, fr.pages * FRAME))
+    }
+
+    pub fn frame_info(&self, pid: Pid, slot: CPtr) -> Result<(u64, u64), SysError> {
+        self.frame(pid, slot, Rights::NONE)
+    }
+
+    pub fn frame_read(
+        &self,
+        pid: Pid,
+        slot: CPtr,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), SysError> {
+        let (pa, len) = self.frame(pid, slot, Rights::READ)?;
+        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > len) {
+            return Err(SysError::RangeError);
+        }
+        self.mem
+            .read(pa + offset, buf)
+            .map_err(|_| SysError::RangeError)
+    }
+
+    pub fn frame_write(
+        &self,
+        pid: Pid,
+        slot: CPtr,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), SysError> {
+        let (pa, len) = self.frame(pid, slot, Rights::WRITE)?;
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|e| e > len)
+        {
+            return Err(SysError::RangeError);
+        }
+        self.mem
+            .write(pa + offset, data)
+            .map_err(|_| SysError::RangeError)
+    }
+
+    /// Maps a frame (read-write) into the process: the mapping keeps it alive until the
+    /// process ends. Returns its physical address and size.
+    pub fn map_frame(&mut self, pid: Pid, slot: CPtr) -> Result<(u64, u64), SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Frame, Rights::RW)?;
+        let r = self.frame(pid, slot, Rights::RW)?;
+        self.retain(&cap);
+        self.procs[pid as usize].mapped.push(cap);
+        Ok(r)
+    }
+
+    // ----- IOMMUs and devices -----
+
+    pub fn mmio(&self, pid: Pid, slot: CPtr) -> Result<Arc<Mutex<dyn IommuUnit>>, SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Mmio, Rights::NONE)?;
+        let Obj::Mmio(u) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        Ok(self.iommus[u as usize].unit.clone())
+    }
+
+    pub fn irq_set_notification(
+        &mut self,
+        pid: Pid,
+        irq: CPtr,
+        ntfn: CPtr,
+    ) -> Result<(), SysError> {
+        let cap = self.cap_as(pid, irq, ObjKind::Irq, Rights::NONE)?;
+        let n = self.cap_as(pid, ntfn, ObjKind::Notification, Rights::WRITE)?;
+        let (Obj::Irq(u), Obj::Notification(ni)) = (cap.obj, n.obj) else {
+            unreachable!("checked kinds")
+        };
+        self.iommus[u as usize].irq = Some((ni, n.badge));
+        Ok(())
+    }
+
+    pub fn irq_ack(&mut self, pid: Pid, irq: CPtr) -> Result<(), SysError> {
+        let cap = self.cap_as(pid, irq, ObjKind::Irq, Rights::NONE)?;
+        let Obj::Irq(u) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        let io = &mut self.iommus[u as usize];
+        io.masked = false;
+        if std::mem::take(&mut io.latched) {
+            self.raise(u);
+        }
+        Ok(())
+    }
+
+    /// The IOMMU raised its interrupt: signal its notification unless a delivered one is
+    /// still unacknowledged (then it stays pending until the acknowledgement).
+    fn raise(&mut self, u: u32) {
+        let io = &mut self.iommus[u as usize];
+        match io.irq {
+            Some((n, badge)) if !io.masked => {
+                io.masked = true;
+                self.notify(n, badge);
+            }
+            _ => io.latched = true,
+        }
+    }
+
+    fn device(&self, pid: Pid, slot: CPtr) -> Result<u32, SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Device, Rights::NONE)?;
+        let Obj::Device(d) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        Ok(d)
+    }
+
+    pub fn device_info(&self, pid: Pid, slot: CPtr) -> Result<DeviceDesc, SysError> {
+        let d = &self.devices[self.device(pid, slot)? as usize];
+        Ok(DeviceDesc {
+            iommu: d.iommu,
+            stream: d.stream,
+            buffer_bytes: d.buffer.len() as u64,
+        })
+    }
+
+    pub fn device_submit(&mut self, pid: Pid, slot: CPtr, job: DmaJob) -> Result<u64, SysError> {
+        let d = self.device(pid, slot)?;
+        let d = &mut self.devices[d as usize];
+        if job.len == 0
+            || job
+                .buffer_offset
+                .checked_add(job.len)
+                .is_none_or(|e| e > d.buffer.len() as u64)
+            || job.iova.checked_add(job.len).is_none()
+        {
+            return Err(SysError::RangeError);
+        }
+        let id = d.next_id;
+        d.next_id += 1;
+        d.jobs.push_back(ActiveJob { id, job, done: 0 });
+        Ok(id)
+    }
+
+    pub fn device_results(&mut self, pid: Pid, slot: CPtr) -> Result<Vec<JobStatus>, SysError> {
+        let d = self.device(pid, slot)?;
+        Ok(std::mem::take(&mut self.devices[d as usize].finished))
+    }
+
+    pub fn device_buffer(
+        &mut self,
+        pid: Pid,
+        slot: CPtr,
+        offset: u64,
+        read: Option<&mut [u8]>,
+        write: Option<&[u8]>,
+    ) -> Result<(), SysError> {
+        let d = self.device(pid, slot)?;
+        let d = &mut self.devices[d as usize];
+        let len = read.as_ref().map_or(0, |b| b.len()) + write.map_or(0, |b| b.len());
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= d.buffer.len() as u64)
+            .ok_or(SysError::RangeError)? as usize;
+        let range = offset as usize..end;
+        if let Some(b) = read {
+            b.copy_from_slice(&d.buffer[range]);
+        } else if let Some(b) = write {
+            d.buffer[range].copy_from_slice(b);
+        }
+        Ok(())
+    }
+
+    pub fn device_set_notification(
+        &mut self,
+        pid: Pid,
+        slot: CPtr,
+        ntfn: CPtr,
+    ) -> Result<(), SysError> {
+        let d = self.device(pid, slot)?;
+        let n = self.cap_as(pid, ntfn, ObjKind::Notification, Rights::WRITE)?;
+        let Obj::Notification(ni) = n.obj else {
+            unreachable!("checked kind")
+        };
+        self.devices[d as usize].completion = Some((ni, n.badge));
+        Ok(())
+    }
+
+    /// Whether `paddr..paddr+len` lies in one live frame.
+    fn frame_live(&self, paddr: u64, len: u64) -> bool {
+        self.live_frames
+            .range(..=paddr)
+            .next_back()
+            .is_some_and(|(&start, &f)| {
+                paddr + len <= start + self.frames[f as usize].pages * FRAME
+            })
+    }
+
+    /// Runs one page of the first job of device `d`.
+    fn device_step(&mut self, d: u32) {
+        self.tick();
+        let dev = &self.devices[d as usize];
+        let a = dev.jobs.front().expect("device with work");
+        let at = a.job.iova + a.done;
+        let n = (FRAME - at % FRAME).min(a.job.len - a.done);
+        let write = a.job.direction == DmaDirection::ToMemory;
+        let req = DmaRequest {
+            stream: dev.stream,
+            pasid: a.job.pasid,
+            iova: at,
+            access: if write { Access::Write } else { Access::Read },
+        };
+        let boff = (a.job.buffer_offset + a.done) as usize;
+        let u = dev.iommu;
+        let unit = self.iommus[u as usize].unit.clone();
+        let (pa, irq) = {
+            let mut unit = unit
+                .try_lock()
+                .expect("an IOMMU model is only used by the process holding the baton");
+            let pa = unit.translate(req);
+            (pa, unit.take_interrupt())
+        };
+        let pa = pa.filter(|&pa| self.mem.contains(pa, n));
+        self.record(Event::Dma {
+            step: self.step,
+            device: d,
+            iova: at,
+            ok: pa.is_some(),
+        });
+        let result = match pa {
+            Some(pa) => {
+                if !self.frame_live(pa, n) {
+                    self.notes.push(Note::DmaToFreeMemory {
+                        step: self.step,
+                        device: d,
+                        paddr: pa,
+                        len: n,
+                    });
+                }
+                let dev = &mut self.devices[d as usize];
+                let range = boff..boff + n as usize;
+                if write {
+                    self.mem
+                        .write(pa, &dev.buffer[range])
+                        .expect("checked inside RAM");
+                } else {
+                    self.mem
+                        .read(pa, &mut dev.buffer[range])
+                        .expect("checked inside RAM");
+                }
+                self.notes.push(Note::Dma {
+                    step: self.step,
+                    device: d,
+                    iova: at,
+                    paddr: pa,
+                    len: n,
+                    write,
+                });
+                let a = dev.jobs.front_mut().expect("device with work");
+                a.done += n;
+                (a.done == a.job.len).then_some(Ok(()))
+            }
+            None => {
+                self.notes.push(Note::DmaBlocked {
+                    step: self.step,
+                    device: d,
+                    iova: at,
+                });
+                Some(Err(DmaFault { iova: at }))
+            }
+        };
+        if let Some(result) = result {
+            let dev = &mut self.devices[d as usize];
+            let a = dev.jobs.front_mut().expect("device with work");
+            if a.job.repeat > 0 {
+                a.job.repeat -= 1;
+                a.done = 0;
+            } else {
+                let id = a.id;
+                dev.jobs.pop_front();
+                dev.finished.push(JobStatus { id, result });
+                if let Some((n, badge)) = dev.completion {
+                    self.notify(n, badge);
+                }
+            }
+        }
+        if irq {
+            self.raise(u);
+        }
+    }
+
+    // ----- scheduling -----
+
+    /// Chooses who runs next: a process whose thread must unwind, else a random choice
+    /// among the ready processes and the devices with work (a device's choice runs one
+    /// page of its DMA here and chooses again). Time jumps forward to the next delayed
+    /// delivery when nothing else can happen.
+    pub fn schedule(&mut self) -> Next {
+        loop {
+            if let Some(p) = self
+                .procs
+                .iter()
+                .position(|p| matches!(p.state, PState::Dying(_)) && p.thread.is_some())
+            {
+                return Next::Run(p as Pid);
+            }
+            if self.shutting_down {
+                return Next::Idle;
+            }
+            self.deliver_due();
+            let ready = self
+                .procs
+                .iter()
+                .filter(|p| p.state == PState::Ready)
+                .count() as u64;
+            let busy = self.devices.iter().filter(|d| !d.jobs.is_empty()).count() as u64;
+            if ready + busy == 0 {
+                match self.next_due() {
+                    Some(t) => {
+                        while self.step < t {
+                            self.tick();
+                        }
+                        continue;
+                    }
+                    None => return Next::Idle,
+                }
+            }
+            let k = self.rng.below(ready + busy);
+            if k < ready {
+                let p = self
+                    .procs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.state == PState::Ready)
+                    .nth(k as usize)
+                    .expect("counted")
+                    .0;
+                return Next::Run(p as Pid);
+            }
+            let d = self
+                .devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !d.jobs.is_empty())
+                .nth((k - ready) as usize)
+                .expect("counted")
+                .0;
+            self.device_step(d as u32);
+        }
+    }
+
+    // ----- process management (the root task's) -----
+
+    fn untyped(&self, pid: Pid, slot: CPtr) -> Result<(), SysError> {
+        self.cap_as(pid, slot, ObjKind::Untyped, Rights::NONE)
+            .map(|_| ())
+    }
+
+    pub fn create(
+        &mut self,
+        pid: Pid,
+        untyped: CPtr,
+        what: Create,
+        name: &str,
+    ) -> Result<CPtr, SysError> {
+        self.untyped(pid, untyped)?;
+        let obj = match what {
+            Create::Endpoint => self.new_endpoint(name),
+            Create::Notification => self.new_notification(name),
+            Create::Frame { pages } => self.new_frame(pages)?,
+            Create::Process { daemon, entry } => {
+                Obj::Process(self.new_process(name, daemon, entry))
+            }
+        };
+        Ok(self.install_new(pid, obj, None))
+    }
+
+    fn child(&self, pid: Pid, slot: CPtr) -> Result<Pid, SysError> {
+        let cap = self.cap_as(pid, slot, ObjKind::Process, Rights::NONE)?;
+        let Obj::Process(c) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        Ok(c)
+    }
+
+    /// Copies (or, with a badge, mints) a capability into a process's space under a name.
+    pub fn give(
+        &mut self,
+        pid: Pid,
+        process: CPtr,
+        src: CPtr,
+        name: &str,
+        badge: Option<u64>,
+        rights: Rights,
+    ) -> Result<CPtr, SysError> {
+        let c = self.child(pid, process)?;
+        if matches!(
+            self.procs[c as usize].state,
+            PState::Dying(_) | PState::Dead(_)
+        ) {
+            return Err(SysError::IllegalOperation);
+        }
+        let cap = match badge {
+            Some(b) => self.minted(pid, src, b, rights)?,
+            None => {
+                let mut cap = self.cap(pid, src)?;
+                cap.rights = cap.rights.intersect(rights);
+                cap
+            }
+        };
+        self.retain(&cap);
+        Ok(self.install(c, cap, Some(name)))
+    }
+
+    pub fn set_fault_handler(&mut self, pid: Pid, process: CPtr, ep: CPtr) -> Result<(), SysError> {
+        let c = self.child(pid, process)?;
+        let cap = self.cap_as(pid, ep, ObjKind::Endpoint, Rights::WRITE)?;
+        let Obj::Endpoint(e) = cap.obj else {
+            unreachable!("checked kind")
+        };
+        self.procs[c as usize].fault = Some((e, cap.badge));
+        Ok(())
+    }
+
+    /// Marks a created process ready; returns its pid so the caller can start its
+    /// thread.
+    pub fn start(&mut self, pid: Pid, process: CPtr) -> Result<Pid, SysError> {
+        let c = self.child(pid, process)?;
+        if self.procs[c as usize].state != PState::Created {
+            return Err(SysError::IllegalOperation);
+        }
+        self.procs[c as usize].state = PState::Ready;
+        Ok(c)
+    }
+
+    pub fn kill_child(&mut self, pid: Pid, process: CPtr) -> Result<(), SysError> {
+        let c = self.child(pid, process)?;
+        self.kill(c, Exit::Killed { step: self.step });
+        Ok(())
+    }
+
+    // ----- reports -----
+
+    fn describe(&self, w: Wait) -> String {
+        match w {
+            Wait::Receive(e) => format!("receive on endpoint `{}`", self.eps[e as usize].name),
+            Wait::Send(e) => format!("send on endpoint `{}`", self.eps[e as usize].name),
+            Wait::Call(e) => format!("call on endpoint `{}`", self.eps[e as usize].name),
+            Wait::Reply(p) => format!("reply from `{}`", self.procs[p as usize].name),
+            Wait::Notification(n) => {
+                format!("notification `{}`", self.ntfns[n as usize].name)
+            }
+        }
+    }
+
+    /// Every process that has not ended, with what it waits for.
+    pub fn blocked(&self, daemons: bool) -> Vec<(String, String)> {
+        self.procs
+            .iter()
+            .filter(|p| daemons || !p.daemon)
+            .filter_map(|p| match &p.state {
+                PState::Blocked(w) => Some((p.name.clone(), self.describe(*w))),
+                PState::Ready => Some((p.name.clone(), "ready".into())),
+                PState::Created => Some((p.name.clone(), "never started".into())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Kernel entries each process made.
+    pub fn entries(&self) -> Vec<(String, u64)> {
+        self.procs
+            .iter()
+            .map(|p| (p.name.clone(), p.entries))
+            .collect()
+    }
+
+    pub fn exits(&self) -> Vec<(String, Exit)> {
+        self.procs
+            .iter()
+            .filter_map(|p| match &p.state {
+                PState::Dead(e) | PState::Dying(e) => Some((p.name.clone(), e.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn live_frame_bytes(&self) -> u64 {
+        self.pool.live_bytes()
+    }
+
+    pub fn iommu_name(&self, u: u32) -> &str {
+        &self.iommus[u as usize].name
+    }
+
+    pub fn device_name(&self, d: u32) -> &str {
+        &self.devices[d as usize].name
+    }
+}
+
+/// What the root task creates from untyped memory.
+pub enum Create {
+    Endpoint,
+    Notification,
+    /// A frame of `pages` physically contiguous 4 KiB pages.
+    Frame {
+        pages: u64,
+    },
+    /// A process (not started) running `entry`; a daemon is a server that is expected
+    /// to be still waiting for requests when the run ends.
+    Process {
+        daemon: bool,
+        entry: Entry,
+    },
+}
