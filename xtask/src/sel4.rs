@@ -144,19 +144,27 @@ pub fn build_kernel() -> Result<KernelBuild, Fail> {
 /// `isa-debug-exit` device, and QEMU exits with `(value << 1) | 1`. Failure writes 1 (3).
 pub const SUCCESS_STATUS: i32 = 1;
 
-/// Builds the hello root task (`sel4/hello`) against the tree and configuration `kernel`
-/// was built from; returns its ELF.
+/// Builds the hello root task (`sel4/apps/hello`) against the tree and configuration
+/// `kernel` was built from; returns its ELF.
 pub fn build_hello(kernel: &KernelBuild) -> Result<PathBuf, Fail> {
-    let dir = root().join("sel4/hello");
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo
-        .current_dir(&dir)
+    run(apps_cargo(kernel).args(["-p", "sel4-hello"]))?;
+    Ok(apps_release().join("sel4-hello"))
+}
+
+/// `cargo build --release` in `sel4/apps` with the bindings' environment.
+fn apps_cargo(kernel: &KernelBuild) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root().join("sel4/apps"))
         .args(["build", "--release", "--quiet"]);
     for (key, value) in kernel.bindings_env() {
-        cargo.env(key, value);
+        c.env(key, value);
     }
-    run(&mut cargo)?;
-    Ok(dir.join("target/x86_64-unknown-none/release/sel4-hello"))
+    c
+}
+
+/// Where the programs of `sel4/apps` are built.
+fn apps_release() -> PathBuf {
+    root().join("sel4/apps/target/x86_64-unknown-none/release")
 }
 
 /// The QEMU command line (program first) that boots `kernel` with `root_task` as the
@@ -218,18 +226,9 @@ const VTD_DEVICES: [&str; 3] = [
 /// Builds the programs of the seL4 image (`sel4/apps`): the processes first, then init
 /// with their ELFs embedded. Returns init's ELF.
 pub fn build_apps(kernel: &KernelBuild) -> Result<PathBuf, Fail> {
-    let dir = root().join("sel4/apps");
-    let release = dir.join("target/x86_64-unknown-none/release");
-    let cargo = || {
-        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.current_dir(&dir).args(["build", "--release", "--quiet"]);
-        for (key, value) in kernel.bindings_env() {
-            c.env(key, value);
-        }
-        c
-    };
-    run(cargo().args(["-p", "vtd-scenarios"]))?;
-    run(cargo()
+    let release = apps_release();
+    run(apps_cargo(kernel).args(["-p", "vtd-scenarios"]))?;
+    run(apps_cargo(kernel)
         .args(["-p", "sel4-init"])
         .env("SEL4_PROGRAM_VTD_SCENARIOS", release.join("vtd-scenarios")))?;
     Ok(release.join("sel4-init"))

@@ -28,50 +28,25 @@ mod vspace;
 
 use alloc::vec::Vec;
 
+use sel4_rt::root::exit_qemu;
 use sel4_rt::start::report;
 use sel4_rt::sys::{
     cap_type, init, recv, reply, reply_recv, set_ipc_buffer, BootInfo, Cap, MessageInfo,
     ObjectType, Word,
 };
+use sel4_rt::Bdf;
 use sel4_rt::{say, Tally};
 
 use objects::Objects;
 use system::{Machine, FAULT_BADGE, SYSTEM};
 use vspace::Window;
 
-/// QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,iosize=4`):
-/// writing `v` ends QEMU with status `(v << 1) | 1`.
-const DEBUG_EXIT_PORT: u16 = 0xf4;
-const EXIT_SUCCESS: u8 = 0;
-const EXIT_FAILURE: u8 = 1;
-
 /// init's window for mapping frames: the second 512 GiB slot of its PML4, which the
 /// kernel leaves empty (the image and bootinfo sit in the first).
 const WINDOW_BASE: u64 = 0x80_0000_0000;
 const WINDOW_PAGES: u64 = 512;
 
-const STACK_SIZE: usize = 64 * 1024;
-
-#[repr(C, align(16))]
-struct Stack([u8; STACK_SIZE]);
-
-#[no_mangle]
-static mut ROOT_STACK: Stack = Stack([0; STACK_SIZE]);
-
-// The kernel starts the root task at its ELF entry with the bootinfo pointer in rdi and
-// no stack: point rsp at the top of ROOT_STACK (16-byte aligned before the call, as the
-// SysV ABI wants) and enter Rust with rdi untouched.
-core::arch::global_asm!(
-    ".section .text._start, \"ax\"",
-    ".global _start",
-    "_start:",
-    "    lea rsp, [rip + ROOT_STACK + {size}]",
-    "    xor ebp, ebp",
-    "    call {main}",
-    "    ud2",
-    size = const STACK_SIZE,
-    main = sym root_main,
-);
+sel4_rt::root_task_entry!(root_main);
 
 extern "C" fn root_main(bootinfo: *const BootInfo) -> ! {
     // SAFETY: the kernel passes the address of the bootinfo frame it mapped read-only
@@ -83,16 +58,11 @@ extern "C" fn root_main(bootinfo: *const BootInfo) -> ! {
     sel4_rt::heap::init();
     say!("init: root task running");
     let mut tally = Tally::default();
-    let code = match run(bi, &mut tally) {
-        Ok(()) if tally.failed == 0 => EXIT_SUCCESS,
-        Ok(()) => EXIT_FAILURE,
-        Err(why) => {
-            tally.check("init", Err(why));
-            EXIT_FAILURE
-        }
-    };
+    if let Err(why) = run(bi, &mut tally) {
+        tally.check("init", Err(why));
+    }
     say!("{} passed, {} failed", tally.passed, tally.failed);
-    exit(code)
+    exit_qemu(tally.failed == 0)
 }
 
 fn run(bi: &BootInfo, tally: &mut Tally) -> Result<(), alloc::string::String> {
@@ -114,13 +84,13 @@ fn run(bi: &BootInfo, tally: &mut Tally) -> Result<(), alloc::string::String> {
         match f.bridge {
             Some((sec, sub)) => say!(
                 "init: pci {} {:04x}:{:04x} bridge to buses {sec}..={sub}",
-                pci::Bdf(f.bdf),
+                Bdf(f.bdf),
                 f.vendor,
                 f.device
             ),
             None => say!(
                 "init: pci {} {:04x}:{:04x} BAR0 {:#x}",
-                pci::Bdf(f.bdf),
+                Bdf(f.bdf),
                 f.vendor,
                 f.device,
                 f.bar0
@@ -236,19 +206,8 @@ fn run(bi: &BootInfo, tally: &mut Tally) -> Result<(), alloc::string::String> {
     }
 }
 
-/// Ends QEMU through `isa-debug-exit`; without that device, suspends.
-fn exit(code: u8) -> ! {
-    if let Err(e) = init::IO_PORT.out8(DEBUG_EXIT_PORT, code) {
-        say!("init: I/O port write failed: {e:?}");
-    }
-    say!("init: still running after the exit request (no isa-debug-exit device?)");
-    loop {
-        let _ = init::TCB.suspend();
-    }
-}
-
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     say!("FAIL init: panic: {info}");
-    exit(EXIT_FAILURE)
+    exit_qemu(false)
 }

@@ -142,18 +142,3 @@ impl Config {
         Ok(found)
     }
 }
-
-/// `bb:dd.f` of a bdf.
-pub struct Bdf(pub u16);
-
-impl core::fmt::Display for Bdf {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "{:02x}:{:02x}.{}",
-            self.0 >> 8,
-            (self.0 >> 3) & 0x1f,
-            self.0 & 7
-        )
-    }
-}

@@ -24,9 +24,10 @@ use sel4_rt::sys::{
 };
 
 use crate::objects::{AllocError, Objects, DEPTH};
-use crate::pci::{self, Bdf};
+use crate::pci;
 use crate::vspace::{AddressSpace, Window};
 use sel4_rt::elf::Elf;
+use sel4_rt::Bdf;
 
 /// What a process is given besides its image, stack, IPC buffer and report endpoint.
 #[derive(Debug, Clone, Copy)]

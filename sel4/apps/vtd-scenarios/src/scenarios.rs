@@ -16,7 +16,7 @@ use iommu_hwio::mmio::{Mmio, RegisterIo};
 use iommu_hwio::poll::{Deadline, Tsc};
 use sel4_rt::start::{device_kind, StartInfo};
 use sel4_rt::sys::{cap_type, nb_recv, Cap};
-use sel4_rt::{say, Tally};
+use sel4_rt::{say, Bdf as Name, Tally};
 use vtd::dmar::{Bdf, Dmar, PciConfig};
 use vtd::fault::{AccessType, FaultReason, FaultRecord};
 use vtd::{DomainId, InvalidationChoice, Mode, ModeChoice, Prot, Vtd, VtdConfig};
@@ -157,21 +157,6 @@ fn expect_record(r: &FaultRecord, bdf: u16, iova: u64, dir: Direction) -> Result
         return Err(format!("record reason {:?}, expected {reason:?}", r.reason));
     }
     Ok(())
-}
-
-/// `bb:dd.f`.
-struct Name(u16);
-
-impl core::fmt::Display for Name {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "{:02x}:{:02x}.{}",
-            self.0 >> 8,
-            (self.0 >> 3) & 0x1f,
-            self.0 & 7
-        )
-    }
 }
 
 /// The registers of the (first) VT-d unit granted, and the DMAR table.

@@ -4,83 +4,25 @@
 //!
 //! It prints through `seL4_DebugPutChar`, reads bootinfo, creates a notification from
 //! untyped memory, mints a badged copy, signals and waits on it, then ends QEMU through
-//! the `isa-debug-exit` device (I/O port 0xf4) with the root task's I/O port capability.
+//! the `isa-debug-exit` device (I/O port 0xf4) with the root task's I/O port capability
+//! (`sel4_rt::root`).
 //! Output follows the project's image convention: `PASS <name>` or `FAIL <name>: <why>`
 //! per check, then `<N> passed, <M> failed`.
 #![no_std]
 #![no_main]
 
-use core::fmt::Write;
-
-use sel4_sys_gen::{
+use sel4_rt::root::exit_qemu;
+use sel4_rt::sys::{
     cap_data, cap_type, init, nb_recv, set_ipc_buffer, signal, wait, BootInfo, Cap, CapRights,
-    DebugConsole, ObjectType, Word,
+    ObjectType, Word,
 };
-
-/// QEMU's `isa-debug-exit` device, as configured on the command line
-/// (`-device isa-debug-exit,iobase=0xf4,iosize=4`). Writing `v` ends QEMU with status
-/// `(v << 1) | 1`.
-const DEBUG_EXIT_PORT: u16 = 0xf4;
-/// Written on success: QEMU exits with status 1.
-const EXIT_SUCCESS: u8 = 0;
-/// Written on failure: QEMU exits with status 3.
-const EXIT_FAILURE: u8 = 1;
+use sel4_rt::{say, Tally};
 
 /// Physical address of the VT-d remapping unit's registers on QEMU q35
 /// (`-device intel-iommu`).
 const VTD_REGISTERS: Word = 0xfed9_0000;
 
-/// Size of the root task's stack (the kernel gives the root task none).
-const STACK_SIZE: usize = 64 * 1024;
-
-#[repr(C, align(16))]
-struct Stack([u8; STACK_SIZE]);
-
-#[no_mangle]
-static mut ROOT_STACK: Stack = Stack([0; STACK_SIZE]);
-
-// The kernel starts the root task at its ELF entry with the bootinfo pointer in rdi and
-// no stack: point rsp at the top of ROOT_STACK (16-byte aligned, as the SysV ABI wants
-// before a call) and enter Rust with rdi untouched.
-core::arch::global_asm!(
-    ".section .text._start, \"ax\"",
-    ".global _start",
-    "_start:",
-    "    lea rsp, [rip + ROOT_STACK + {size}]",
-    "    xor ebp, ebp",
-    "    call {main}",
-    "    ud2",
-    size = const STACK_SIZE,
-    main = sym root_main,
-);
-
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(DebugConsole, $($arg)*);
-    }};
-}
-
-/// Counts the checks that ran.
-#[derive(Default)]
-struct Tally {
-    passed: usize,
-    failed: usize,
-}
-
-impl Tally {
-    fn check(&mut self, name: &str, result: Result<(), &str>) {
-        match result {
-            Ok(()) => {
-                self.passed += 1;
-                say!("PASS {name}");
-            }
-            Err(why) => {
-                self.failed += 1;
-                say!("FAIL {name}: {why}");
-            }
-        }
-    }
-}
+sel4_rt::root_task_entry!(root_main);
 
 extern "C" fn root_main(bootinfo: *const BootInfo) -> ! {
     say!("sel4-hello: root task running, bootinfo at {bootinfo:p}");
@@ -92,16 +34,12 @@ extern "C" fn root_main(bootinfo: *const BootInfo) -> ! {
     unsafe { set_ipc_buffer(bi.ipc_buffer) };
 
     let mut tally = Tally::default();
-    tally.check("sel4-boot", Ok(()));
+    tally.check::<&str>("sel4-boot", Ok(()));
     tally.check("sel4-bootinfo", bootinfo_report(bi));
     tally.check("sel4-notification", notification_round_trip(bi));
 
     say!("{} passed, {} failed", tally.passed, tally.failed);
-    exit(if tally.failed == 0 {
-        EXIT_SUCCESS
-    } else {
-        EXIT_FAILURE
-    })
+    exit_qemu(tally.failed == 0)
 }
 
 /// Prints the untyped memory bootinfo lists and the device untyped covering the VT-d
@@ -187,25 +125,8 @@ fn notification_round_trip(bi: &BootInfo) -> Result<(), &'static str> {
     }
 }
 
-/// Ends QEMU through `isa-debug-exit`. Without that device the write has no effect, so
-/// the task then suspends itself.
-fn exit(code: u8) -> ! {
-    if let Err(e) = init::IO_PORT.out8(DEBUG_EXIT_PORT, code) {
-        say!("sel4-hello: I/O port write failed: {e:?}");
-    }
-    say!("sel4-hello: still running after the exit request (no isa-debug-exit device?)");
-    loop {
-        let _ = sel4_sys_gen::invoke(
-            init::TCB.cptr(),
-            sel4_sys_gen::InvocationLabel::TCBSuspend,
-            &[],
-            &[],
-        );
-    }
-}
-
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     say!("FAIL sel4-hello: panic: {info}");
-    exit(EXIT_FAILURE)
+    exit_qemu(false)
 }
