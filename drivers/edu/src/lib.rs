@@ -107,13 +107,21 @@ impl<R: RegisterIo> Edu<R> {
         self.regs.read32(REG_IDENT)
     }
 
+    /// Whether the liveness register reads back the inverse of `value`.
+    pub fn liveness_ok(&mut self, value: u32) -> bool {
+        self.regs.write32(REG_LIVENESS, value);
+        self.regs.read32(REG_LIVENESS) == !value
+    }
+
     /// Whether this looks like an edu: identification ends in 0xed and the liveness
     /// register inverts a value.
     pub fn probe(&mut self) -> bool {
-        self.identification() & 0xff == 0xed && {
-            self.regs.write32(REG_LIVENESS, 0x1234_5678);
-            self.regs.read32(REG_LIVENESS) == !0x1234_5678
-        }
+        self.identification() & 0xff == 0xed && self.liveness_ok(0x1234_5678)
+    }
+
+    /// The register access it was built with.
+    pub fn regs(&self) -> &R {
+        &self.regs
     }
 
     /// Whether a DMA transfer is running.
