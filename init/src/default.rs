@@ -199,9 +199,12 @@ pub fn add_driver(d: &mut SystemDescription, name: &str, badge: u64, device: Opt
         .iter_mut()
         .find(|p| p.role == Role::IommuServer)
         .expect("a system with drivers has iommu-server");
-    server
-        .caps
-        .push(notification(&format!("fault:{name}"), &faults, 1, Rights::WRITE));
+    server.caps.push(notification(
+        &format!("fault:{name}"),
+        &faults,
+        1,
+        Rights::WRITE,
+    ));
 }
 
 /// The name of a driver's fault notification object (for tests that look it up).

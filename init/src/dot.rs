@@ -47,7 +47,11 @@ pub fn render(d: &SystemDescription) -> String {
 
 fn write_graph(o: &mut String, d: &SystemDescription) -> core::fmt::Result {
     writeln!(o, "digraph capabilities {{")?;
-    writeln!(o, "  label={};", quote(&format!("capabilities: {}", d.name)))?;
+    writeln!(
+        o,
+        "  label={};",
+        quote(&format!("capabilities: {}", d.name))
+    )?;
     writeln!(o, "  labelloc=t; rankdir=LR; fontname=Helvetica;")?;
     writeln!(o, "  node [fontname=Helvetica, fontsize=11];")?;
     writeln!(o, "  edge [fontname=Helvetica, fontsize=9];")?;

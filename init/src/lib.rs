@@ -107,7 +107,11 @@ impl Rights {
 
 impl core::fmt::Display for Rights {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        for (bit, c) in [(Rights::READ, "R"), (Rights::WRITE, "W"), (Rights::GRANT, "G")] {
+        for (bit, c) in [
+            (Rights::READ, "R"),
+            (Rights::WRITE, "W"),
+            (Rights::GRANT, "G"),
+        ] {
             if self.contains(bit) {
                 f.write_str(c)?;
             }
@@ -355,7 +359,10 @@ impl SystemDescription {
                     }
                     CapKind::Memory { pages, .. } => {
                         if *pages == 0 {
-                            return Err(Invalid(format!("`{}`: empty memory `{}`", p.name, c.name)));
+                            return Err(Invalid(format!(
+                                "`{}`: empty memory `{}`",
+                                p.name, c.name
+                            )));
                         }
                     }
                 }
@@ -377,7 +384,9 @@ impl SystemDescription {
             Some(_) => Err(Invalid(format!(
                 "`{process}` holds `{name}` as a {kind:?}, which it is not"
             ))),
-            None => Err(Invalid(format!("`{process}` holds unknown object `{name}`"))),
+            None => Err(Invalid(format!(
+                "`{process}` holds unknown object `{name}`"
+            ))),
         }
     }
 
@@ -413,10 +422,7 @@ mod tests {
             assert_eq!(d.with_role(Role::Driver).count(), 2);
             assert_eq!(d.iommus[0].kind, kind);
             // Only iommu-server and init reach pasid-server.
-            let mut holders: Vec<&str> = d
-                .holders("pasid")
-                .map(|(p, _)| p.name.as_str())
-                .collect();
+            let mut holders: Vec<&str> = d.holders("pasid").map(|(p, _)| p.name.as_str()).collect();
             holders.sort();
             assert_eq!(holders, ["init", "iommu-server", "pasid-server"]);
             // Only iommu-server maps the IOMMU.

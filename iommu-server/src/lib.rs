@@ -24,6 +24,13 @@
 //!
 //! Shared virtual addressing (`SvaBind`) answers `Unsupported` until the hardware seam can
 //! install a client's own page tables.
+//!
+//! Memory grants (`GrantMemory`, `RevokeMemory`) and the supervisor's requests
+//! (`ClientDied`, `ClientUsage`) belong to the platform layer, which holds the transferred
+//! capabilities and knows the supervisor's badge; it calls [`IommuServer::grant_region`],
+//! [`IommuServer::revoke_region`], [`IommuServer::client_died`] and
+//! [`IommuServer::client_usage`] (the core itself answers them `Unsupported`). The
+//! simulation's platform layer is `sim_system::servers`.
 #![no_std]
 
 extern crate alloc;

@@ -257,18 +257,37 @@ pub struct ClientUsage {
 /// Replies of iommu-server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IommuReply {
-    DeviceOpened { device: DeviceId, info: DeviceInfo },
+    DeviceOpened {
+        device: DeviceId,
+        info: DeviceInfo,
+    },
     Info(DeviceInfo),
-    IoasAllocated { ioas: IoasId },
-    Mapped { iova: u64 },
-    Unmapped { length: u64 },
-    Bound { pasid: Pasid },
-    FaultQueueAllocated { queue: FaultQueueId },
-    PasidAllocated { pasid: Pasid },
+    IoasAllocated {
+        ioas: IoasId,
+    },
+    Mapped {
+        iova: u64,
+    },
+    Unmapped {
+        length: u64,
+    },
+    Bound {
+        pasid: Pasid,
+    },
+    FaultQueueAllocated {
+        queue: FaultQueueId,
+    },
+    PasidAllocated {
+        pasid: Pasid,
+    },
     Done,
     /// The region index of granted memory.
-    Granted { region: u32 },
+    Granted {
+        region: u32,
+    },
     /// A dead client's teardown completed: this many frames are no longer held.
-    Released { frames: u32 },
+    Released {
+        frames: u32,
+    },
     Usage(ClientUsage),
 }

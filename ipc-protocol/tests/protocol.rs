@@ -272,7 +272,10 @@ fn platform_requests_follow_the_existing_labels_and_their_replies_round_trip() {
         ),
     ] {
         let n = encode_reply(req.label(), Ok(&reply), &mut buf).unwrap();
-        assert_eq!(decode_reply::<IommuReply>(req.label(), &buf[..n]), Ok(reply));
+        assert_eq!(
+            decode_reply::<IommuReply>(req.label(), &buf[..n]),
+            Ok(reply)
+        );
     }
 }
 

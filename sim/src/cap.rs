@@ -61,7 +61,7 @@ impl core::fmt::Display for Rights {
 }
 
 /// The kind of object a capability names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjKind {
     Endpoint,
     Notification,

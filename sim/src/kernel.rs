@@ -3,6 +3,7 @@
 //! the baton (see `lib.rs`), so the order of every effect is decided by the scheduler.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 
@@ -11,6 +12,7 @@ use sim_physmem::{PhysMem, RangeAllocator, FRAME};
 use crate::cap::{CPtr, Cap, CapInfo, Obj, ObjKind, Pid, Rights, SysError};
 use crate::machine::{
     Access, DeviceDesc, DmaDirection, DmaFault, DmaJob, DmaRequest, IommuUnit, JobStatus,
+    PageRequest, RegisterIo,
 };
 use crate::rng::SplitMix64;
 
@@ -145,6 +147,7 @@ pub enum Syscall {
     IrqSetNotification,
     IrqAck,
     DeviceSubmit,
+    DevicePageRequest,
     DeviceResults,
     DeviceBuffer,
     DeviceSetNotification,
@@ -295,9 +298,27 @@ pub(crate) struct ProcObj {
     bound: Option<u32>,
     fault: Option<(u32, u64)>,
     pub entry: Option<Entry>,
-    pub thread: Option<Thread>,
+    pub thread: Option<Arc<Waker>>,
     /// Frames mapped into its address space (kept alive by the mapping).
     mapped: Vec<Cap>,
+}
+
+/// How a process's thread is woken when it gets the baton: it spins first and only
+/// sleeps (`sleeping`) after a while, so a baton passed back quickly needs no wake-up.
+pub(crate) struct Waker {
+    pub thread: Thread,
+    pub sleeping: AtomicBool,
+}
+
+impl Waker {
+    /// Wakes the thread if it sleeps. The caller published the baton (a sequentially
+    /// consistent store) before calling, and the thread announces its sleep the same way
+    /// before checking the baton again, so one of them sees the other.
+    pub fn wake(&self) {
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+    }
 }
 
 /// What the scheduler decided.
@@ -620,12 +641,12 @@ impl Kernel {
             pid,
             call,
         });
-        let (name, entries) = {
-            let p = &self.procs[pid as usize];
-            (p.name.clone(), p.entries)
-        };
+        if self.inject.kills.is_empty() {
+            return;
+        }
+        let p = &self.procs[pid as usize];
         let hit = self.inject.kills.iter().position(|k| {
-            matches!(k, KillPoint::AtEntry { process, entry } if *process == name && *entry == entries)
+            matches!(k, KillPoint::AtEntry { process, entry } if *process == p.name && *entry == p.entries)
         });
         if let Some(i) = hit {
             self.inject.kills.remove(i);
@@ -648,9 +669,10 @@ impl Kernel {
                 continue;
             }
             let named = |p: &ProcObj| p.name == *process;
-            let running = self.procs.iter().position(|p| {
-                named(p) && matches!(p.state, PState::Ready | PState::Blocked(_))
-            });
+            let running = self
+                .procs
+                .iter()
+                .position(|p| named(p) && matches!(p.state, PState::Ready | PState::Blocked(_)));
             let waiting = self
                 .procs
                 .iter()
@@ -872,6 +894,10 @@ impl Kernel {
     fn pick(&mut self, ep: u32) -> Option<usize> {
         let now = self.step;
         let q = &self.eps[ep as usize].queue;
+        let first = q.iter().position(|m| m.ready_at <= now)?;
+        if self.inject.reorder_per_mille == 0 || q.len() == 1 {
+            return Some(first);
+        }
         let mut firsts: Vec<usize> = Vec::new();
         for (i, m) in q.iter().enumerate() {
             if m.ready_at > now {
@@ -886,16 +912,10 @@ impl Kernel {
             }
             firsts.push(i);
         }
-        match firsts.len() {
-            0 => None,
-            1 => Some(firsts[0]),
-            n => {
-                if self.rng.chance(self.inject.reorder_per_mille) {
-                    Some(firsts[self.rng.below(n as u64) as usize])
-                } else {
-                    Some(firsts[0])
-                }
-            }
+        if firsts.len() > 1 && self.rng.chance(self.inject.reorder_per_mille) {
+            Some(firsts[self.rng.below(firsts.len() as u64) as usize])
+        } else {
+            Some(first)
         }
     }
 
@@ -1090,12 +1110,16 @@ impl Kernel {
 
     // ----- IOMMUs and devices -----
 
-    pub fn mmio(&self, pid: Pid, slot: CPtr) -> Result<Arc<Mutex<dyn IommuUnit>>, SysError> {
+    pub fn mmio(&self, pid: Pid, slot: CPtr) -> Result<Box<dyn RegisterIo + Send>, SysError> {
         let cap = self.cap_as(pid, slot, ObjKind::Mmio, Rights::NONE)?;
         let Obj::Mmio(u) = cap.obj else {
             unreachable!("checked kind")
         };
-        Ok(self.iommus[u as usize].unit.clone())
+        let mut unit = self.iommus[u as usize]
+            .unit
+            .try_lock()
+            .expect("an IOMMU model is only used by the process holding the baton");
+        Ok(unit.registers())
     }
 
     pub fn irq_set_notification(
@@ -1172,6 +1196,33 @@ impl Kernel {
         d.next_id += 1;
         d.jobs.push_back(ActiveJob { id, job, done: 0 });
         Ok(id)
+    }
+
+    /// The device sends a page request to its IOMMU (as its driver programmed it to);
+    /// returns whether the IOMMU took it.
+    pub fn device_page_request(
+        &mut self,
+        pid: Pid,
+        slot: CPtr,
+        request: PageRequest,
+    ) -> Result<bool, SysError> {
+        let d = self.device(pid, slot)?;
+        let (u, stream) = {
+            let dev = &self.devices[d as usize];
+            (dev.iommu, dev.stream)
+        };
+        let unit = self.iommus[u as usize].unit.clone();
+        let (taken, irq) = {
+            let mut unit = unit
+                .try_lock()
+                .expect("an IOMMU model is only used by the process holding the baton");
+            let taken = unit.page_request(stream, request);
+            (taken, unit.take_interrupt())
+        };
+        if irq {
+            self.raise(u);
+        }
+        Ok(taken)
     }
 
     pub fn device_results(&mut self, pid: Pid, slot: CPtr) -> Result<Vec<JobStatus>, SysError> {
@@ -1497,6 +1548,33 @@ impl Kernel {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The capabilities process `name` holds: (name it was given under, what it is).
+    pub fn caps_of(&self, name: &str) -> Option<Vec<(Option<String>, CapInfo)>> {
+        let p = self.procs.iter().rev().find(|p| p.name == name)?;
+        Some(
+            p.cspace
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, c)| {
+                    let c = c.as_ref()?;
+                    let given = p
+                        .names
+                        .iter()
+                        .find(|(_, &s)| s as usize == slot)
+                        .map(|(n, _)| n.clone());
+                    Some((
+                        given,
+                        CapInfo {
+                            kind: c.obj.kind(),
+                            badge: c.badge,
+                            rights: c.rights,
+                        },
+                    ))
+                })
+                .collect(),
+        )
     }
 
     /// Kernel entries each process made.

@@ -17,7 +17,9 @@
 //!   read/write only through frame capabilities; capability copy, mint and delete;
 //!   device DMA jobs; and, for the root task, object and process creation.
 //! - **Devices** do DMA on their own, one page per step, through their IOMMU
-//!   ([`machine::IommuUnit`]), whatever happens to the process that programmed them.
+//!   ([`machine::IommuUnit`]), whatever happens to the process that programmed them, and
+//!   send page requests (PRI) to IOMMUs that take them. The kernel notes every DMA that
+//!   reaches memory and reports DMA into memory no capability refers to any more.
 //! - **Death**: a process ends by returning, panicking (a fault) or being killed; its
 //!   capabilities are deleted (a frame's memory returns to the pool when its last
 //!   capability goes, so a server holding a copy keeps it alive) and the kernel sends a
@@ -47,7 +49,7 @@ pub mod rng;
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -60,7 +62,7 @@ pub use rng::SplitMix64;
 pub use sim_physmem::{PhysMem, SimDma, FRAME};
 
 use cap::Obj;
-use kernel::{Create, Inbox, Kernel, Next, PState};
+use kernel::{Create, Inbox, Kernel, Next, PState, Waker};
 use machine::{DeviceDesc, DmaJob, IommuUnit, JobStatus, RegisterIo};
 
 /// How to build a simulation.
@@ -75,8 +77,10 @@ pub struct SimConfig {
     pub inject: Injection,
     /// Keep the full trace (its hash is always kept).
     pub trace: bool,
-    /// How long a thread that passed the baton spins before sleeping (iterations); a
-    /// baton that comes back within this time costs no OS wake-up.
+    /// How long a thread that passed the baton spins before yielding and then sleeping
+    /// (iterations). A baton that comes back within this time costs no OS wake-up, but a
+    /// spinning thread occupies a core: spin long only when the machine has cores to
+    /// spare (benchmarks), briefly otherwise.
     pub spin: u32,
 }
 
@@ -88,7 +92,7 @@ impl Default for SimConfig {
             ram_bytes: 64 << 20,
             inject: Injection::default(),
             trace: true,
-            spin: 20_000,
+            spin: 100,
         }
     }
 }
@@ -113,9 +117,9 @@ impl Shared {
         self.kernel.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn wait_baton(&self, me: Pid) {
+    fn wait_baton(&self, me: Pid, waker: &Waker) {
         let mut spins = 0u32;
-        while self.current.load(Ordering::Acquire) != me {
+        while self.current.load(Ordering::SeqCst) != me {
             if spins < self.spin {
                 spins += 1;
                 std::hint::spin_loop();
@@ -123,7 +127,11 @@ impl Shared {
                 spins += 1;
                 std::thread::yield_now();
             } else {
-                std::thread::park();
+                waker.sleeping.store(true, Ordering::SeqCst);
+                if self.current.load(Ordering::SeqCst) != me {
+                    std::thread::park();
+                }
+                waker.sleeping.store(false, Ordering::SeqCst);
             }
         }
     }
@@ -145,19 +153,19 @@ impl Shared {
 
     /// Gives the baton to `p` (called with the kernel locked; `k` is released).
     fn hand_to(&self, k: MutexGuard<'_, Kernel>, p: Pid) {
-        let t = k.procs[p as usize]
+        let w = k.procs[p as usize]
             .thread
             .clone()
             .expect("a runnable process has a thread");
-        self.current.store(p, Ordering::Release);
+        self.current.store(p, Ordering::SeqCst);
         drop(k);
-        t.unpark();
+        w.wake();
     }
 
     /// Passes the baton on after the holder's kernel work; does not wait for it back.
     fn pass_on(&self, mut k: MutexGuard<'_, Kernel>) {
         if k.shutting_down {
-            self.current.store(NOBODY, Ordering::Release);
+            self.current.store(NOBODY, Ordering::SeqCst);
             drop(k);
             self.set_idle();
             return;
@@ -165,7 +173,7 @@ impl Shared {
         match k.schedule() {
             Next::Run(p) => self.hand_to(k, p),
             Next::Idle => {
-                self.current.store(NOBODY, Ordering::Release);
+                self.current.store(NOBODY, Ordering::SeqCst);
                 drop(k);
                 self.set_idle();
             }
@@ -176,18 +184,22 @@ impl Shared {
     /// whoever the scheduler picks and waits until it comes back. Unwinds if `me` was
     /// killed meanwhile.
     fn switch<'a>(&'a self, me: Pid, mut k: MutexGuard<'a, Kernel>) -> MutexGuard<'a, Kernel> {
+        let mine = k.procs[me as usize]
+            .thread
+            .clone()
+            .expect("a running process has a thread");
         match k.schedule() {
             Next::Run(p) if p == me => {}
             Next::Run(p) => {
                 self.hand_to(k, p);
-                self.wait_baton(me);
+                self.wait_baton(me, &mine);
                 k = self.lock();
             }
             Next::Idle => {
-                self.current.store(NOBODY, Ordering::Release);
+                self.current.store(NOBODY, Ordering::SeqCst);
                 drop(k);
                 self.set_idle();
-                self.wait_baton(me);
+                self.wait_baton(me, &mine);
                 k = self.lock();
             }
         }
@@ -204,11 +216,21 @@ impl Shared {
             .take()
             .expect("a created process has its program");
         let shared = self.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Waker>>(1);
         let handle = std::thread::Builder::new()
             .name(format!("sim:{}", k.procs[pid as usize].name))
-            .spawn(move || shared.body(pid, entry))
+            .spawn(move || {
+                let waker = rx.recv().expect("the kernel sends the waker");
+                shared.body(pid, entry, waker)
+            })
             .expect("spawn a process thread");
-        k.procs[pid as usize].thread = Some(handle.thread().clone());
+        let waker = Arc::new(Waker {
+            thread: handle.thread().clone(),
+            sleeping: AtomicBool::new(false),
+        });
+        tx.send(waker.clone())
+            .expect("the thread waits for its waker");
+        k.procs[pid as usize].thread = Some(waker);
         self.joins
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -216,8 +238,9 @@ impl Shared {
     }
 
     /// A process's thread: wait for the baton, run the program, report how it ended.
-    fn body(self: Arc<Self>, pid: Pid, entry: Entry) {
-        self.wait_baton(pid);
+    fn body(self: Arc<Self>, pid: Pid, entry: Entry, waker: Arc<Waker>) {
+        self.wait_baton(pid, &waker);
+        drop(waker);
         let dying = self.lock().is_dying(pid);
         let outcome: Result<(), Box<dyn Any + Send>> = if dying {
             drop(entry);
@@ -226,6 +249,7 @@ impl Shared {
             let ctx = Ctx {
                 shared: self.clone(),
                 pid,
+                _thread_bound: std::marker::PhantomData,
             };
             catch_unwind(AssertUnwindSafe(move || entry(ctx)))
         };
@@ -464,6 +488,12 @@ impl Sim {
         }
     }
 
+    /// What process `name` holds, seen from outside (for tests): each capability with
+    /// the name it was given under, if any.
+    pub fn caps_of(&self, name: &str) -> Option<Vec<(Option<String>, CapInfo)>> {
+        self.shared.lock().caps_of(name)
+    }
+
     /// Bytes of RAM held by live frames.
     pub fn live_frame_bytes(&self) -> u64 {
         self.shared.lock().live_frame_bytes()
@@ -520,12 +550,16 @@ impl Drop for Sim {
 
 /// A process's view of the kernel: its system calls. Every call except
 /// [`Ctx::lookup`], [`Ctx::names`], [`Ctx::now`] and accesses through a mapping is a
-/// kernel entry and
-/// a scheduling point.
+/// kernel entry and a scheduling point.
+///
+/// A process is one thread: a `Ctx` stays on the thread it was given to (it is neither
+/// `Send` nor `Sync`), and a program must enter the kernel now and then (a loop without
+/// system calls keeps the baton forever).
 #[derive(Clone)]
 pub struct Ctx {
     shared: Arc<Shared>,
     pid: Pid,
+    _thread_bound: std::marker::PhantomData<std::rc::Rc<()>>,
 }
 
 impl core::fmt::Debug for Ctx {
@@ -755,8 +789,8 @@ impl Ctx {
 
     /// Maps an IOMMU's register frame.
     pub fn map_mmio(&self, mmio: CPtr) -> Result<SimMmio, SysError> {
-        let unit = self.simple(Syscall::Map, |k, p| k.mmio(p, mmio))?;
-        Ok(SimMmio { unit })
+        let regs = self.simple(Syscall::Map, |k, p| k.mmio(p, mmio))?;
+        Ok(SimMmio { regs })
     }
 
     /// Routes an IOMMU's interrupt to a notification (signalled with its badge).
@@ -778,6 +812,18 @@ impl Ctx {
     /// Starts a DMA job; returns its id. The device runs it on its own.
     pub fn device_submit(&self, dev: CPtr, job: DmaJob) -> Result<u64, SysError> {
         self.simple(Syscall::DeviceSubmit, |k, p| k.device_submit(p, dev, job))
+    }
+
+    /// Makes the device send a page request to its IOMMU; returns whether the IOMMU took
+    /// it.
+    pub fn device_page_request(
+        &self,
+        dev: CPtr,
+        request: machine::PageRequest,
+    ) -> Result<bool, SysError> {
+        self.simple(Syscall::DevicePageRequest, |k, p| {
+            k.device_page_request(p, dev, request)
+        })
     }
 
     /// Jobs that ended since the last call.
@@ -879,30 +925,26 @@ impl Ctx {
 
 /// An IOMMU's register frame as mapped by the process holding its capability.
 pub struct SimMmio {
-    unit: Arc<Mutex<dyn IommuUnit>>,
-}
-
-impl SimMmio {
-    fn with<R>(&mut self, f: impl FnOnce(&mut dyn RegisterIo) -> R) -> R {
-        let mut u = self
-            .unit
-            .try_lock()
-            .expect("an IOMMU model is only used by the process holding the baton");
-        f(u.registers())
-    }
+    regs: Box<dyn RegisterIo + Send>,
 }
 
 impl RegisterIo for SimMmio {
     fn read32(&mut self, offset: usize) -> u32 {
-        self.with(|r| r.read32(offset))
+        self.regs.read32(offset)
     }
     fn write32(&mut self, offset: usize, value: u32) {
-        self.with(|r| r.write32(offset, value))
+        self.regs.write32(offset, value)
     }
     fn read64(&mut self, offset: usize) -> u64 {
-        self.with(|r| r.read64(offset))
+        self.regs.read64(offset)
     }
     fn write64(&mut self, offset: usize, value: u64) {
-        self.with(|r| r.write64(offset, value))
+        self.regs.write64(offset, value)
+    }
+    fn publish_barrier(&mut self) {
+        self.regs.publish_barrier()
+    }
+    fn consume_barrier(&mut self) {
+        self.regs.consume_barrier()
     }
 }

@@ -35,8 +35,9 @@ pub struct DmaRequest {
 /// An IOMMU as the machine sees it: a register file its driver programs and the
 /// translation every device access goes through.
 pub trait IommuUnit: Send {
-    /// The register frame (what a holder of the IOMMU's MMIO capability maps).
-    fn registers(&mut self) -> &mut dyn RegisterIo;
+    /// A handle to the register frame (what a holder of the IOMMU's MMIO capability
+    /// maps): every access through it reaches this IOMMU's registers.
+    fn registers(&mut self) -> Box<dyn RegisterIo + Send>;
 
     /// Translates one access: the physical address, or `None` when the IOMMU blocks it
     /// (having recorded the fault however the hardware does).
@@ -44,6 +45,27 @@ pub trait IommuUnit: Send {
 
     /// Whether the IOMMU raised its interrupt since the last call (an edge).
     fn take_interrupt(&mut self) -> bool;
+
+    /// A page request (PCIe PRI) from the device with `stream`: whether the IOMMU took
+    /// it (queued it for software). IOMMUs without page requests refuse it.
+    fn page_request(&mut self, stream: u32, request: PageRequest) -> bool {
+        let _ = (stream, request);
+        false
+    }
+}
+
+/// A page request a device sends (PCIe PRI Page Request Message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub pasid: Option<u32>,
+    /// Address of the page the device needs.
+    pub address: u64,
+    /// Write access wanted (else read).
+    pub write: bool,
+    /// Last request of its group.
+    pub last: bool,
+    /// Page request group index.
+    pub group: u16,
 }
 
 /// Direction of a [`DmaJob`].

@@ -564,7 +564,6 @@ fn notifications_and_bound_notifications() {
             ctx.call(ctx.lookup("ep").unwrap(), b"", &[]).unwrap();
             ctx.signal(ctx.lookup("n1").unwrap()).unwrap();
             ctx.call(ctx.lookup("ep").unwrap(), b"", &[]).unwrap();
-            // A non-blocking send to a server that is not waiting is dropped.
             ctx.signal(ctx.lookup("n2").unwrap()).unwrap();
             ctx.signal(ctx.lookup("n1").unwrap()).unwrap();
         }),
@@ -584,6 +583,53 @@ fn notifications_and_bound_notifications() {
     assert_eq!(log.iter().filter(|s| s.starts_with("Call")).count(), 2);
 }
 
+#[test]
+fn a_non_blocking_send_reaches_only_a_waiting_receiver() {
+    let sim = Sim::new(config(14));
+    let ep = sim.endpoint("svc");
+    let nobody = sim.endpoint("nobody");
+    let log: Log = Arc::default();
+    let l = log.clone();
+    sim.spawn(
+        "server",
+        true,
+        &[grant("ep", ep, 0, Rights::READ)],
+        Box::new(move |ctx| {
+            let ep = ctx.lookup("ep").unwrap();
+            ctx.recv(ep).unwrap();
+            // Replies and waits in one kernel entry: the caller finds it waiting.
+            let m = ctx.reply_recv(ep, b"", &[]).unwrap();
+            l.lock()
+                .unwrap()
+                .push(format!("{:?} {:?}", m.kind, m.bytes));
+            loop {
+                ctx.recv(ep).unwrap();
+            }
+        }),
+    );
+    sim.spawn(
+        "client",
+        false,
+        &[
+            grant("ep", ep, 1, Rights::WRITE),
+            grant("nobody", nobody, 1, Rights::WRITE),
+        ],
+        Box::new(|ctx| {
+            // Nobody receives there: dropped, and the sender goes on.
+            assert_eq!(
+                ctx.nb_send(ctx.lookup("nobody").unwrap(), b"lost"),
+                Ok(false)
+            );
+            let ep = ctx.lookup("ep").unwrap();
+            ctx.call(ep, b"", &[]).unwrap();
+            assert_eq!(ctx.nb_send(ep, b"hi"), Ok(true));
+        }),
+    );
+    let r = sim.run();
+    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_eq!(*log.lock().unwrap(), vec!["Send [104, 105]".to_string()]);
+}
+
 /// A test IOMMU: identity translation for allowed pages, everything else blocked and
 /// recorded, with an interrupt per fault.
 #[derive(Default)]
@@ -594,27 +640,28 @@ struct Gate {
     regs: NoRegs,
 }
 
-#[derive(Default)]
-struct NoRegs(u64);
+/// One register, shared by every handle to it.
+#[derive(Default, Clone)]
+struct NoRegs(Arc<Mutex<u64>>);
 
 impl RegisterIo for NoRegs {
     fn read32(&mut self, _: usize) -> u32 {
-        self.0 as u32
+        *self.0.lock().unwrap() as u32
     }
     fn write32(&mut self, _: usize, v: u32) {
-        self.0 = v.into();
+        *self.0.lock().unwrap() = v.into();
     }
     fn read64(&mut self, _: usize) -> u64 {
-        self.0
+        *self.0.lock().unwrap()
     }
     fn write64(&mut self, _: usize, v: u64) {
-        self.0 = v;
+        *self.0.lock().unwrap() = v;
     }
 }
 
 impl IommuUnit for Gate {
-    fn registers(&mut self) -> &mut dyn RegisterIo {
-        &mut self.regs
+    fn registers(&mut self) -> Box<dyn RegisterIo + Send> {
+        Box::new(self.regs.clone())
     }
     fn translate(&mut self, r: DmaRequest) -> Option<u64> {
         if self.allowed.contains(&(r.iova & !0xfff)) {
@@ -665,6 +712,7 @@ fn devices_dma_through_their_iommu_and_faults_raise_its_interrupt() {
             let mut mmio = ctx.map_mmio(ctx.lookup("mmio").unwrap()).unwrap();
             mmio.write64(0x10, 0xabc);
             assert_eq!(mmio.read64(0x10), 0xabc);
+            assert_eq!(*g.lock().unwrap().regs.0.lock().unwrap(), 0xabc);
             ctx.device_set_notification(dev, done).unwrap();
             ctx.irq_set_notification(irq, irqn).unwrap();
             assert_eq!(ctx.device_info(dev).unwrap().stream, 0x42);
@@ -715,6 +763,15 @@ fn devices_dma_through_their_iommu_and_faults_raise_its_interrupt() {
             assert_eq!(ctx.poll(irqn).unwrap(), 2);
             res.lock().unwrap().extend(ctx.device_results(dev).unwrap());
             let _ = id;
+            // An IOMMU without page requests refuses them.
+            let pr = sim::machine::PageRequest {
+                pasid: Some(1),
+                address: pa,
+                write: false,
+                last: true,
+                group: 0,
+            };
+            assert_eq!(ctx.device_page_request(dev, pr), Ok(false));
         }),
     );
     let r = sim.run();

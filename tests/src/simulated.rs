@@ -134,16 +134,18 @@ fn no_check(_: &Run, _: &System, _: &RunReport) -> Result<(), String> {
     Ok(())
 }
 
-/// What the seed-0 run tells the injection of the other seeds.
+/// What the seed-0 run tells the injection of the other seeds: when init had started
+/// everything, and each driver's kernel entries and the step it ended at.
 struct Baseline {
     started: u64,
-    steps: u64,
-    drivers: Vec<(String, u64)>,
+    drivers: Vec<(String, u64, u64)>,
 }
 
+/// One driver killed at a random kernel entry or step of its life in the seed-0 run,
+/// deliveries delayed and reordered.
 fn injection(seed: u64, base: &Baseline) -> Injection {
     let mut rng = SplitMix64::new(seed ^ 0x6b69_6c6c_706f_696e);
-    let (victim, entries) = &base.drivers[rng.below(base.drivers.len() as u64) as usize];
+    let (victim, entries, end) = &base.drivers[rng.below(base.drivers.len() as u64) as usize];
     let kill = if rng.below(2) == 0 {
         KillPoint::AtEntry {
             process: victim.clone(),
@@ -152,7 +154,7 @@ fn injection(seed: u64, base: &Baseline) -> Injection {
     } else {
         KillPoint::AtStep {
             process: victim.clone(),
-            step: base.started + 1 + rng.below(base.steps.saturating_sub(base.started).max(1)),
+            step: base.started + 1 + rng.below(end.saturating_sub(base.started).max(1)),
         }
     };
     Injection {
@@ -250,14 +252,11 @@ fn run_once(
                 .iter()
                 .find(|(name, _)| *name == p.name)
                 .map_or(0, |(_, n)| *n);
-            (p.name.clone(), n)
+            let end = died(&report, &p.name).unwrap_or(report.steps);
+            (p.name.clone(), n, end)
         })
         .collect();
-    Ok(Baseline {
-        started,
-        steps: report.steps,
-        drivers,
-    })
+    Ok(Baseline { started, drivers })
 }
 
 /// When iommu-server's teardown of `driver` completed.
@@ -290,7 +289,8 @@ fn common_checks(sys: &System, r: &RunReport) -> Result<(), String> {
         }
     }
     let events = sys.events();
-    if let Some(InitEvent::Failed(why)) = events.iter().find(|e| matches!(e, InitEvent::Failed(_))) {
+    if let Some(InitEvent::Failed(why)) = events.iter().find(|e| matches!(e, InitEvent::Failed(_)))
+    {
         return Err(format!("init: {why}"));
     }
     for p in sys.desc.with_role(Role::Driver) {
@@ -314,7 +314,7 @@ fn common_checks(sys: &System, r: &RunReport) -> Result<(), String> {
             ));
         };
         let usage = events.iter().find_map(|e| match e {
-            InitEvent::Usage { process, usage } if *process == p.name => Some(usage.clone()),
+            InitEvent::Usage { process, usage } if *process == p.name => Some(*usage),
             _ => None,
         });
         match usage {
@@ -463,7 +463,11 @@ fn copy_round_trip(run: &Run, dev: &'static str, rounds: u32) -> Entry {
                 .expect("DMA from memory");
             d.dma(dev, job(DmaDirection::ToMemory, iova + 4096, 4096))
                 .expect("DMA to memory");
-            assert_eq!(d.read(1, 0, 4096), data, "{dev}: round {round} copied wrong data");
+            assert_eq!(
+                d.read(1, 0, 4096),
+                data,
+                "{dev}: round {round} copied wrong data"
+            );
         }
         let (pa, _) = ctx.frame_info(d.mem[1]).expect("own frame");
         board.put(&format!("dst:{dev}"), pa);
@@ -544,7 +548,8 @@ fn device_capability_programs(run: &Run) -> Programs {
             assert!(d.device_names().is_empty());
             // Its client capability names no device.
             assert_eq!(d.request(&IommuRequest::OpenDevice), Err(Error::Denied));
-            let region = d.grant(&d.mem[..1].to_vec()).expect("grant");
+            let first = d.mem[0];
+            let region = d.grant(&[first]).expect("grant");
             let ioas = d.alloc_ioas().expect("IOAS");
             // The devices exist (ids 0 and 1) but are not its own, whether or not their
             // drivers opened them yet.
@@ -607,7 +612,7 @@ fn isolation_programs(run: &Run) -> Programs {
             let iova = d
                 .map(
                     s.ioas,
-                    IovaPlacement::Fixed(0x5_0000),
+                    IovaPlacement::Fixed(0x20_0000),
                     8192,
                     MemoryRef {
                         region: s.region,
@@ -622,6 +627,42 @@ fn isolation_programs(run: &Run) -> Programs {
             assert!(d
                 .dma("dev-b", job(DmaDirection::ToMemory, 0x4000_0000, 64))
                 .is_err());
+            // Where the IOMMU takes page requests: one of its own, waiting for its answer.
+            let info = match d.request(&IommuRequest::QueryDevice { device: s.device }) {
+                Ok(IommuReply::Info(i)) => i,
+                other => panic!("QueryDevice: {other:?}"),
+            };
+            let mut seen: Vec<Fault> = Vec::new();
+            let cookie = if info.pri && info.pasid_bits > 0 {
+                let pasid = d.alloc_pasid(s.device).expect("PASID");
+                let second = d.alloc_ioas().expect("IOAS");
+                d.attach(s.device, Some(pasid), second)
+                    .expect("attach with PASID");
+                let request = sim::machine::PageRequest {
+                    pasid: Some(pasid),
+                    address: 0x30_0000,
+                    write: true,
+                    last: true,
+                    group: 5,
+                };
+                let dev = d.device("dev-b");
+                assert!(ctx.device_page_request(dev, request).expect("own device"));
+                let (faults, found) = faults_until(&d, &ring, 8, |f| {
+                    f.kind == FaultKind::PageRequest && f.address == 0x30_0000
+                });
+                assert!(found, "B's page request is in B's ring: {faults:?}");
+                seen.extend(faults);
+                let f = *seen
+                    .iter()
+                    .find(|f| f.kind == FaultKind::PageRequest)
+                    .expect("found");
+                assert_eq!(f.pasid, Some(pasid));
+                assert_ne!(f.cookie, 0);
+                board.put("b:cookie", f.cookie);
+                Some(f.cookie)
+            } else {
+                None
+            };
             let (pa, _) = ctx.frame_info(d.mem[2]).expect("own frame");
             for (k, v) in [
                 ("b:ioas", u64::from(s.ioas.0)),
@@ -629,7 +670,6 @@ fn isolation_programs(run: &Run) -> Programs {
                 ("b:region", u64::from(s.region)),
                 ("b:queue", u64::from(ring.queue.0)),
                 ("b:ring-pa", pa),
-                ("b:iova", iova),
             ] {
                 board.put(k, v);
             }
@@ -642,9 +682,21 @@ fn isolation_programs(run: &Run) -> Programs {
             d.dma("dev-b", job(DmaDirection::ToMemory, iova + 4096, 4096))
                 .expect("B's mapping still works");
             assert_eq!(d.read(1, 0, 4096), data);
-            let (faults, found) =
-                faults_until(&d, &ring, 4, |f| f.address == 0x4000_0000 && f.device == s.device.0);
-            assert!(found, "B's own fault is in B's ring: {faults:?}");
+            let own = |f: &Fault| f.address == 0x4000_0000 && f.device == s.device.0;
+            if !seen.iter().any(own) {
+                let (faults, found) = faults_until(&d, &ring, 4, own);
+                assert!(found, "B's own fault is in B's ring: {faults:?}");
+            }
+            // B, and only B, answers its page request, once.
+            if let Some(cookie) = cookie {
+                let answer = IommuRequest::PageResponse {
+                    queue: ring.queue,
+                    cookie,
+                    code: PageResponseCode::Success,
+                };
+                assert_eq!(d.request(&answer), Ok(IommuReply::Done));
+                assert_eq!(d.request(&answer), Err(Error::NotFound));
+            }
         }),
     );
     let board = run.board.clone();
@@ -689,7 +741,7 @@ fn isolation_programs(run: &Run) -> Programs {
                 },
                 IommuRequest::Unmap {
                     ioas: b_ioas,
-                    iova: 0x5_0000,
+                    iova: 0x20_0000,
                     length: 8192,
                 },
                 IommuRequest::Attach {
@@ -738,7 +790,8 @@ fn isolation_programs(run: &Run) -> Programs {
                     );
                 }
             }
-            // Its own queue answers no page request that was not delivered to it.
+            // Its own queue answers no page request that was not delivered to it; B's
+            // pending page request (where the IOMMU has them) is B's to answer.
             assert_eq!(
                 d.request(&IommuRequest::PageResponse {
                     queue: ring.queue,
@@ -747,6 +800,20 @@ fn isolation_programs(run: &Run) -> Programs {
                 }),
                 Err(Error::NotFound)
             );
+            if let Some(cookie) = board.get("b:cookie") {
+                for (queue, want) in [(ring.queue, Error::NotFound), (b_queue, Error::Denied)] {
+                    let r = d.request(&IommuRequest::PageResponse {
+                        queue,
+                        cookie,
+                        code: PageResponseCode::Success,
+                    });
+                    if sure {
+                        assert_eq!(r, Err(want), "answering B's page request on {queue:?}");
+                    } else {
+                        assert!(r.is_err(), "answered B's page request: {r:?}");
+                    }
+                }
+            }
             // B's fault ring is in memory A holds no capability to.
             let b_ring = board.get("b:ring-pa").expect("published");
             for slot in 1..128 {
@@ -839,7 +906,8 @@ fn killed_mid_dma_programs(run: &Run) -> Programs {
             if pasid_bits > 0 {
                 let pasid = d.alloc_pasid(s.device).expect("PASID");
                 let second = d.alloc_ioas().expect("IOAS");
-                d.attach(s.device, Some(pasid), second).expect("attach PASID");
+                d.attach(s.device, Some(pasid), second)
+                    .expect("attach PASID");
                 board.put("a:pasid", u64::from(pasid));
             } else {
                 assert_eq!(d.alloc_pasid(s.device), Err(Error::Unsupported));
@@ -869,10 +937,16 @@ fn killed_mid_dma_programs(run: &Run) -> Programs {
 
 fn killed_mid_dma_check(run: &Run, sys: &System, r: &RunReport) -> Result<(), String> {
     if !matches!(r.exit_of("driver-a"), Some(Exit::Killed { .. })) {
-        return Err(format!("driver-a was not killed: {:?}", r.exit_of("driver-a")));
+        return Err(format!(
+            "driver-a was not killed: {:?}",
+            r.exit_of("driver-a")
+        ));
     }
     if run.sure_of("driver-b") && r.exit_of("driver-b") != Some(&Exit::Returned) {
-        return Err(format!("driver-b was affected: {:?}", r.exit_of("driver-b")));
+        return Err(format!(
+            "driver-b was affected: {:?}",
+            r.exit_of("driver-b")
+        ));
     }
     let events = sys.events();
     let t = torn_down(&events, "driver-a").ok_or("driver-a not torn down")?;
@@ -886,24 +960,40 @@ fn killed_mid_dma_check(run: &Run, sys: &System, r: &RunReport) -> Result<(), St
     }) {
         return Err(format!("DMA reached a former frame of driver-a after teardown: {n:?}"));
     }
+    // The frames it had granted were held by iommu-server: they became free only during
+    // the teardown, after the kill, never at the kill itself.
+    let death = died(r, "driver-a").ok_or("no death note")?;
+    for f in &frames {
+        let freed = r.notes.iter().find_map(|n| match n {
+            Note::FrameFreed { step, paddr, .. } if paddr == f => Some(*step),
+            _ => None,
+        });
+        match freed {
+            Some(s) if s > death && s <= t => {}
+            other => {
+                return Err(format!(
+                    "driver-a's granted frame {f:#x} freed at {other:?}; killed at {death}, torn down at {t}"
+                ))
+            }
+        }
+    }
     if run.victim.is_none() {
         // Killed by the scenario's own kill point, with its DMA running.
         if run.board.get("a:dma-started").is_none() {
             return Err("driver-a was killed before it started its DMA".into());
         }
         let dev = sys.device_index("dev-a").expect("device");
-        let death = died(r, "driver-a").ok_or("no death note")?;
         // Its device was transferring when it died, and the same job went on (blocked)
         // after the teardown.
-        let busy_before = r.notes.iter().any(|n| {
-            matches!(n, Note::Dma { step, device, .. } if *device == dev && *step < death)
-        });
+        let busy_before = r.notes.iter().any(
+            |n| matches!(n, Note::Dma { step, device, .. } if *device == dev && *step < death),
+        );
         if !busy_before {
             return Err("dev-a did no DMA before driver-a was killed".into());
         }
-        let blocked_after = r.notes.iter().any(|n| {
-            matches!(n, Note::DmaBlocked { step, device, .. } if *device == dev && *step > t)
-        });
+        let blocked_after = r.notes.iter().any(
+            |n| matches!(n, Note::DmaBlocked { step, device, .. } if *device == dev && *step > t),
+        );
         if !blocked_after {
             return Err("dev-a's DMA was never blocked after the teardown".into());
         }
@@ -938,8 +1028,14 @@ fn unmap_then_dma(seed: u64, dev: &'static str) -> Entry {
         let one = pattern(seed ^ 1, 4096);
         let two = pattern(seed ^ 2, 4096);
         let three = pattern(seed ^ 3, 4096);
-        d.map(s.ioas, IovaPlacement::Fixed(FIXED_IOVA), 4096, at(0), Perm::RW)
-            .expect("map");
+        d.map(
+            s.ioas,
+            IovaPlacement::Fixed(FIXED_IOVA),
+            4096,
+            at(0),
+            Perm::RW,
+        )
+        .expect("map");
         let dev_cap = d.device(dev);
         d.ctx.device_write(dev_cap, 0, &one).expect("own device");
         d.dma(dev, job(DmaDirection::ToMemory, FIXED_IOVA, 4096))
@@ -973,8 +1069,14 @@ fn unmap_then_dma(seed: u64, dev: &'static str) -> Entry {
         assert_eq!(f.pasid, None);
         // The same IOVA mapped to the other frame: DMA goes there, not to the frame a
         // stale translation would name.
-        d.map(s.ioas, IovaPlacement::Fixed(FIXED_IOVA), 4096, at(4096), Perm::RW)
-            .expect("map again");
+        d.map(
+            s.ioas,
+            IovaPlacement::Fixed(FIXED_IOVA),
+            4096,
+            at(4096),
+            Perm::RW,
+        )
+        .expect("map again");
         d.ctx.device_write(dev_cap, 0, &three).expect("own device");
         d.dma(dev, job(DmaDirection::ToMemory, FIXED_IOVA, 4096))
             .expect("mapped again: reaches memory");
@@ -982,8 +1084,14 @@ fn unmap_then_dma(seed: u64, dev: &'static str) -> Entry {
         assert_eq!(d.read(0, 0, 4096), one);
         // Read-only now: a write faults as a permission fault and changes nothing.
         assert_eq!(d.unmap(s.ioas, FIXED_IOVA, 4096), Ok(4096));
-        d.map(s.ioas, IovaPlacement::Fixed(FIXED_IOVA), 4096, at(4096), Perm::READ)
-            .expect("map read-only");
+        d.map(
+            s.ioas,
+            IovaPlacement::Fixed(FIXED_IOVA),
+            4096,
+            at(4096),
+            Perm::READ,
+        )
+        .expect("map read-only");
         d.dma(
             dev,
             DmaJob {
@@ -1045,8 +1153,13 @@ fn fault_storm_programs(run: &Run) -> Programs {
             d.ctx.yield_now();
             let (records, lost) = ring.take(&d.ctx);
             assert!(records.len() <= 2);
-            assert!(records.iter().all(|r| matches!(r, Ok(f) if f.address == 0x4000_0000)));
-            assert!(lost > 0, "a storm of {STORM} faults into a ring of 2 lost nothing");
+            assert!(records
+                .iter()
+                .all(|r| matches!(r, Ok(f) if f.address == 0x4000_0000)));
+            assert!(
+                lost > 0,
+                "a storm of {STORM} faults into a ring of 2 lost nothing"
+            );
             board.put("a:lost", u64::from(lost));
         }),
     );
@@ -1169,7 +1282,10 @@ fn malformed_programs(run: &Run) -> Programs {
             assert_eq!(check_reply(&long, &d.raw(&long)), code(Error::BadMessage));
             let mut version = valid.clone();
             version[0] = 9;
-            assert_eq!(check_reply(&version, &d.raw(&version)), code(Error::BadVersion));
+            assert_eq!(
+                check_reply(&version, &d.raw(&version)),
+                code(Error::BadVersion)
+            );
             for label in [0x0100u16, 0x0214, 0xffff] {
                 let mut m = valid.clone();
                 m[2..4].copy_from_slice(&label.to_le_bytes());

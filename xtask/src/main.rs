@@ -255,6 +255,8 @@ fn bench() -> Result<(), Fail> {
         "pasid",
         "--bench",
         "pagetable",
+        "--bench",
+        "server-path",
     ])
 }
 

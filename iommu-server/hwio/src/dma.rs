@@ -294,7 +294,11 @@ mod tests {
         assert_eq!(a.alloc(0x20000, 0x1000), None);
         assert_eq!(a.live_bytes(), 0x4000);
         a.free(x, 0x1000);
-        assert_eq!(a.live_bytes(), 0x3000, "only the freed bytes leave the count");
+        assert_eq!(
+            a.live_bytes(),
+            0x3000,
+            "only the freed bytes leave the count"
+        );
         a.free(y, 0x3000);
         assert_eq!(a.live_bytes(), 0);
         assert_eq!(a.alloc(0x10000, 0x1000), Some(0x1000));

@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 
 use ipc_protocol::client::{call, CallError};
 use ipc_protocol::iommu::{
-    DeviceId, DeviceInfo, FaultQueueId, IoasId, IommuReply, IommuRequest, IovaPlacement,
-    MemoryRef, Perm,
+    DeviceId, DeviceInfo, FaultQueueId, IoasId, IommuReply, IommuRequest, IovaPlacement, MemoryRef,
+    Perm,
 };
 use ipc_protocol::pasid::Pasid;
-use ipc_protocol::records::{Fault, FaultRecord, RingHeader, FAULT_RECORD_BYTES, RING_HEADER_BYTES};
+use ipc_protocol::records::{
+    Fault, FaultRecord, RingHeader, FAULT_RECORD_BYTES, RING_HEADER_BYTES,
+};
 use ipc_protocol::Error;
 use sim::endpoint::SimClient;
 use sim::machine::{DmaFault, DmaJob, JobStatus};
@@ -225,7 +227,9 @@ impl Driver {
         let dev = self.device(device);
         let id = self.ctx.device_submit(dev, job).expect("a valid job");
         let done = self.dma_done.expect("a driver holds `dma-done`");
-        self.ctx.device_set_notification(dev, done).expect("own device");
+        self.ctx
+            .device_set_notification(dev, done)
+            .expect("own device");
         loop {
             self.finished
                 .extend(self.ctx.device_results(dev).expect("own device"));
@@ -278,7 +282,9 @@ impl FaultRing {
     /// ring's lost count.
     pub fn take(&self, ctx: &Ctx) -> (Vec<Result<Fault, Error>>, u32) {
         let h = self.header(ctx);
-        let pending = h.validate(self.depth).expect("iommu-server keeps the header valid");
+        let pending = h
+            .validate(self.depth)
+            .expect("iommu-server keeps the header valid");
         let head = h.head.get();
         let mut out = Vec::new();
         for i in 0..pending {

@@ -8,12 +8,12 @@ use iommu_adapters::smmuv3::SmmuHardware;
 use iommu_adapters::vtd::VtdHardware;
 use iommu_hwio::poll::PollBudget;
 use iommu_models::smmuv3::Smmuv3;
-use iommu_models::vtd::{VtdModel, VtdModelConfig};
+use iommu_models::vtd::{self as vtd_model, VtdModel, VtdModelConfig};
 use iommu_server::{Hardware, HwDomain, HwFault, StreamId};
 use ipc_protocol::iommu::{DeviceInfo, PageResponseCode, Perm};
 use ipc_protocol::pasid::Pasid;
 use ipc_protocol::Error;
-use sim::machine::{Access, DmaRequest, IommuUnit, RegisterIo};
+use sim::machine::{Access, DmaRequest, IommuUnit, PageRequest, RegisterIo};
 use sim::{PhysMem, SimDma};
 use system_description::IommuKind;
 
@@ -28,16 +28,18 @@ fn access(a: Access) -> iommu_models::Access {
     }
 }
 
-/// The VT-d model as the machine's IOMMU. Its fault interrupt is raised whenever the
-/// model wrote a fault record.
+/// The VT-d model as the machine's IOMMU. Its interrupt is raised whenever the model
+/// wrote a fault record or queued a page request.
 pub struct VtdUnit {
     model: VtdModel,
     records_seen: u64,
+    /// A page request was queued since the interrupt was last taken.
+    page_requests: bool,
 }
 
 impl IommuUnit for VtdUnit {
-    fn registers(&mut self) -> &mut dyn RegisterIo {
-        &mut self.model
+    fn registers(&mut self) -> Box<dyn RegisterIo + Send> {
+        Box::new(self.model.clone())
     }
 
     fn translate(&mut self, r: DmaRequest) -> Option<u64> {
@@ -49,9 +51,30 @@ impl IommuUnit for VtdUnit {
 
     fn take_interrupt(&mut self) -> bool {
         let records = self.model.stats().records;
-        let raised = records > self.records_seen;
+        let raised = records > self.records_seen || self.page_requests;
         self.records_seen = records;
+        self.page_requests = false;
         raised
+    }
+
+    fn page_request(&mut self, stream: u32, r: PageRequest) -> bool {
+        let Ok(rid) = u16::try_from(stream) else {
+            return false;
+        };
+        let outcome = self.model.page_request(vtd_model::PageRequest {
+            rid,
+            pasid: r.pasid,
+            address: r.address,
+            read: !r.write,
+            write: r.write,
+            execute: false,
+            privileged: false,
+            last: r.last,
+            group: r.group,
+        });
+        let queued = outcome == vtd_model::PageRequestOutcome::Queued;
+        self.page_requests |= queued;
+        queued
     }
 }
 
@@ -63,8 +86,8 @@ pub struct SmmuUnit {
 }
 
 impl IommuUnit for SmmuUnit {
-    fn registers(&mut self) -> &mut dyn RegisterIo {
-        &mut self.model
+    fn registers(&mut self) -> Box<dyn RegisterIo + Send> {
+        Box::new(self.model.clone())
     }
 
     fn translate(&mut self, r: DmaRequest) -> Option<u64> {
@@ -89,6 +112,7 @@ pub fn machine_unit(kind: IommuKind, mem: Arc<PhysMem>) -> Arc<Mutex<dyn IommuUn
             // Page requests, device-TLBs, 20-bit PASIDs, 8 fault records, 4-level tables.
             model: VtdModel::new(mem, VtdModelConfig::full()),
             records_seen: 0,
+            page_requests: false,
         })),
         IommuKind::Smmuv3 => Arc::new(Mutex::new(SmmuUnit {
             model: Smmuv3::new(mem),

@@ -99,7 +99,9 @@ pub fn program(
         let sys = |what: &str, r: Result<CPtr, SysError>| -> CPtr {
             r.unwrap_or_else(|e| fail(format!("{what}: {e:?}")))
         };
-        let ut = ctx.lookup("untyped").expect("the root task's untyped memory");
+        let ut = ctx
+            .lookup("untyped")
+            .expect("the root task's untyped memory");
         let mut objects = BTreeMap::new();
         for o in &desc.objects {
             let s = match o.kind {
@@ -176,26 +178,32 @@ pub fn program(
                         object: o,
                         badge: b,
                         ..
-                    } => give(
-                        object(o),
-                        badge(*b),
-                        Rights::WRITE | Rights::GRANT,
+                    } => give(object(o), badge(*b), Rights::WRITE | Rights::GRANT, &c.name),
+                    CapKind::Device { device } => give(
+                        hardware(&format!("device:{device}")),
+                        None,
+                        Rights::ALL,
                         &c.name,
                     ),
-                    CapKind::Device { device } => {
-                        give(hardware(&format!("device:{device}")), None, Rights::ALL, &c.name)
-                    }
-                    CapKind::Mmio { iommu } => {
-                        give(hardware(&format!("mmio:{iommu}")), None, Rights::ALL, &c.name)
-                    }
-                    CapKind::Irq { iommu } => {
-                        give(hardware(&format!("irq:{iommu}")), None, Rights::ALL, &c.name)
-                    }
+                    CapKind::Mmio { iommu } => give(
+                        hardware(&format!("mmio:{iommu}")),
+                        None,
+                        Rights::ALL,
+                        &c.name,
+                    ),
+                    CapKind::Irq { iommu } => give(
+                        hardware(&format!("irq:{iommu}")),
+                        None,
+                        Rights::ALL,
+                        &c.name,
+                    ),
                     CapKind::Memory { pages, contiguous } => {
                         let frames: Vec<(String, u64)> = if *contiguous {
                             vec![(c.name.clone(), *pages)]
                         } else {
-                            (0..*pages).map(|i| (format!("{}.{i}", c.name), 1)).collect()
+                            (0..*pages)
+                                .map(|i| (format!("{}.{i}", c.name), 1))
+                                .collect()
                         };
                         for (name, n) in frames {
                             let f = sys(&name, ctx.create_frame(ut, n));
@@ -231,7 +239,9 @@ pub fn program(
                 fail(format!("start: {e:?}"));
             }
         }
-        log.lock().unwrap().push(InitEvent::Started { step: ctx.now() });
+        log.lock()
+            .unwrap()
+            .push(InitEvent::Started { step: ctx.now() });
         supervise(&ctx, &desc, &mine, &by_badge, &log);
     })
 }
@@ -261,9 +271,10 @@ fn supervise(
     loop {
         let m = ctx.recv(faults).expect("init's fault endpoint");
         let Some((name, index, role)) = by_badge.get(&m.badge) else {
-            log.lock()
-                .unwrap()
-                .push(InitEvent::Failed(format!("death message with badge {:#x}", m.badge)));
+            log.lock().unwrap().push(InitEvent::Failed(format!(
+                "death message with badge {:#x}",
+                m.badge
+            )));
             continue;
         };
         log.lock().unwrap().push(InitEvent::Died {
@@ -275,7 +286,8 @@ fn supervise(
             continue;
         }
         if let Some(iommu) = iommu.as_mut() {
-            let r: Result<IommuReply, _> = call(iommu, &IommuRequest::ClientDied { client: *index });
+            let r: Result<IommuReply, _> =
+                call(iommu, &IommuRequest::ClientDied { client: *index });
             let result = match r {
                 Ok(IommuReply::Released { frames }) => Ok(frames),
                 Ok(_) => Err(Error::BadMessage),
@@ -322,12 +334,11 @@ fn audit(
         }
     }
     if let Some(pasid) = pasid {
-        let live = server(call(pasid, &PasidRequest::QuerySpace)).and_then(|r: PasidReply| {
-            match r {
+        let live =
+            server(call(pasid, &PasidRequest::QuerySpace)).and_then(|r: PasidReply| match r {
                 PasidReply::Space(s) => Ok(s.live),
                 _ => Err(Error::BadMessage),
-            }
-        });
+            });
         log.lock().unwrap().push(InitEvent::PasidsLive(live));
     }
 }

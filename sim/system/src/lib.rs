@@ -77,10 +77,10 @@ fn endpoint_of(desc: &SystemDescription, role: Role, cap: &str) -> Option<String
 pub fn server_configs(
     desc: &SystemDescription,
 ) -> Result<(servers::IommuServerConfig, pasid_server::Config), String> {
-    let iommu_ep = endpoint_of(desc, Role::IommuServer, "endpoint")
-        .ok_or("iommu-server has no `endpoint`")?;
-    let pasid_ep = endpoint_of(desc, Role::PasidServer, "endpoint")
-        .ok_or("pasid-server has no `endpoint`")?;
+    let iommu_ep =
+        endpoint_of(desc, Role::IommuServer, "endpoint").ok_or("iommu-server has no `endpoint`")?;
+    let pasid_ep =
+        endpoint_of(desc, Role::PasidServer, "endpoint").ok_or("pasid-server has no `endpoint`")?;
     let kind = desc.iommus.first().ok_or("no IOMMU")?.kind;
     let mut clients = Vec::new();
     let mut devices = Vec::new();
@@ -121,7 +121,11 @@ pub fn server_configs(
                 CapKind::Endpoint { object, badge, .. } if *object == pasid_ep && *badge != 0 => {
                     callers.push(CallerPolicy {
                         badge: *badge,
-                        max_live: if p.role == Role::IommuServer { 1 << 16 } else { 0 },
+                        max_live: if p.role == Role::IommuServer {
+                            1 << 16
+                        } else {
+                            0
+                        },
                         max_sets: if p.role == Role::IommuServer { 1024 } else { 0 },
                         admin: p.role == Role::Root,
                     });

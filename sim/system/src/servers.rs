@@ -10,13 +10,15 @@
 //!   a region back only when the core agrees nothing maps it, then deletes the
 //!   capabilities. A region granted through any read-only frame capability is mapped
 //!   read-only: `Map` with write permission is `Denied`.
-//! - **Faults**: after every request and whenever the IOMMU's interrupt signals the
-//!   bound notification, the layer runs [`IommuServer::process_faults`] and moves each
-//!   client's records ([`IommuServer::pop_fault`]) into the ring in the client's own
-//!   memory (`ipc_protocol::records` layout: header, then records), keeps the header's
-//!   `lost` equal to the queue's lost count, and signals the client's fault
-//!   notification. A ring whose header the client corrupted gets nothing more (its
-//!   records stay queued and overflow is counted).
+//! - **Faults**: fault delivery is part of iommu-server. Whenever the IOMMU's interrupt
+//!   signals the bound notification, the layer runs [`IommuServer::process_faults`],
+//!   acknowledges the interrupt and moves each client's records
+//!   ([`IommuServer::pop_fault`]) into the ring in the client's own memory
+//!   (`ipc_protocol::records` layout: header, then records), keeps the header's `lost`
+//!   equal to the queue's lost count, and signals the client's fault notification.
+//!   Records that found a ring full wait in the queue (bounded, overflow counted) and are
+//!   moved after the next request or interrupt. A ring whose header the client corrupted
+//!   gets nothing more (its records stay queued and overflow is counted).
 //! - **Death**: only init's badge may send `ClientDied`. The layer runs
 //!   [`IommuServer::client_died`] (devices detached, IOASes unmapped and destroyed with
 //!   their invalidations completed, fault queues and PASIDs freed) and only then deletes
@@ -27,9 +29,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use iommu_server::{Config, IommuServer, IpcPasids};
-use ipc_protocol::iommu::{
-    FaultQueueId, IommuReply, IommuRequest, Perm,
-};
+use ipc_protocol::iommu::{FaultQueueId, IommuReply, IommuRequest, Perm};
 use ipc_protocol::records::{FaultRecord, RingHeader, RING_HEADER_BYTES};
 use ipc_protocol::server::{serve, Service};
 use ipc_protocol::Error;
@@ -91,6 +91,8 @@ pub struct Platform {
     rings: BTreeMap<u32, Ring>,
     /// Client index -> fault notification capability.
     fault_ntfn: BTreeMap<u32, CPtr>,
+    /// A ring was full when records waited for it: retry after every request.
+    backlog: bool,
 }
 
 /// Runs iommu-server: initialises the IOMMU's driver over its register frame (`mmio`)
@@ -107,10 +109,14 @@ pub fn iommu_server(ctx: Ctx, config: IommuServerConfig) {
     let hw = SimHardware::new(config.kind, mmio, tables).unwrap_or_else(|e| panic!("{e}"));
     let irq = cap("irq");
     let irq_ntfn = cap("irq-notification");
-    ctx.bind_notification(irq_ntfn).expect("bind the IOMMU notification");
+    ctx.bind_notification(irq_ntfn)
+        .expect("bind the IOMMU notification");
     ctx.irq_set_notification(irq, irq_ntfn)
         .expect("route the IOMMU interrupt");
-    let pasids = IpcPasids::new(SimClient::new(ctx.clone(), cap("pasid")), config.pasids_per_client);
+    let pasids = IpcPasids::new(
+        SimClient::new(ctx.clone(), cap("pasid")),
+        config.pasids_per_client,
+    );
     let core = IommuServer::new(config.core, hw, pasids).expect("iommu-server configuration");
     let mut fault_ntfn = BTreeMap::new();
     for (id, name) in &config.fault_notifications {
@@ -126,6 +132,7 @@ pub fn iommu_server(ctx: Ctx, config: IommuServerConfig) {
         regions: BTreeMap::new(),
         rings: BTreeMap::new(),
         fault_ntfn,
+        backlog: false,
     }));
     let p = platform.clone();
     let mut endpoint =
@@ -152,7 +159,16 @@ impl Service for IommuService {
         let caps = self.caps.take();
         let mut p = self.platform.borrow_mut();
         let r = p.handle(badge, request, caps);
-        p.deliver_faults();
+        // New hardware faults arrive with the IOMMU's interrupt; after a request only
+        // records that waited for room (or a queue just set up) are moved.
+        if p.backlog
+            || matches!(
+                request,
+                IommuRequest::AllocFaultQueue { .. } | IommuRequest::PageResponse { .. }
+            )
+        {
+            p.fill_rings();
+        }
         r
     }
 }
@@ -360,9 +376,16 @@ impl Platform {
     /// into the owners' rings.
     fn deliver_faults(&mut self) {
         self.core.process_faults();
+        self.fill_rings();
+    }
+
+    /// Moves queued records into the owners' rings; signals each owner that got some.
+    fn fill_rings(&mut self) {
+        self.backlog = false;
         let queues: Vec<u32> = self.rings.keys().copied().collect();
         for q in queues {
-            let wrote = self.fill_ring(q);
+            let (wrote, full) = self.fill_ring(q);
+            self.backlog |= full;
             if wrote {
                 if let Some(n) = self.rings[&q].notify {
                     let _ = self.ctx.signal(n);
@@ -371,7 +394,9 @@ impl Platform {
         }
     }
 
-    fn fill_ring(&mut self, q: u32) -> bool {
+    /// Fills one ring; returns whether it wrote records and whether it stopped because
+    /// the ring was full.
+    fn fill_ring(&mut self, q: u32) -> (bool, bool) {
         let (client, region, offset, depth) = {
             let r = &self.rings[&q];
             (r.client, r.region, r.offset, r.depth)
@@ -380,14 +405,14 @@ impl Platform {
         loop {
             let mut h = [0u8; RING_HEADER_BYTES];
             if self.region_read(region, offset, &mut h).is_err() {
-                return wrote;
+                return (wrote, false);
             }
             let Ok(header) = RingHeader::read_from_bytes(&h) else {
-                return wrote;
+                return (wrote, false);
             };
             let Ok(pending) = header.validate(depth) else {
                 // The client corrupted its ring header: nothing more is written to it.
-                return wrote;
+                return (wrote, false);
             };
             // The lost count is kept current even while the ring is full.
             if let Ok(lost) = self.core.fault_queue_lost(client, FaultQueueId(q)) {
@@ -396,24 +421,26 @@ impl Platform {
                 }
             }
             if pending >= depth {
-                return wrote;
+                return (wrote, true);
             }
             let Ok((fault, _)) = self.core.pop_fault(client, FaultQueueId(q)) else {
-                return wrote;
+                return (wrote, false);
             };
             let Some(fault) = fault else {
-                return wrote;
+                return (wrote, false);
             };
             let tail = header.tail.get();
             let slot = RingHeader::slot(tail, depth) as u64;
-            let at = offset + RING_HEADER_BYTES as u64 + slot * ipc_protocol::records::FAULT_RECORD_BYTES as u64;
+            let at = offset
+                + RING_HEADER_BYTES as u64
+                + slot * ipc_protocol::records::FAULT_RECORD_BYTES as u64;
             let rec = FaultRecord::encode(&fault);
             if self.region_write(region, at, rec.as_bytes()).is_err()
                 || self
                     .region_write(region, offset + 4, &tail.wrapping_add(1).to_le_bytes())
                     .is_err()
             {
-                return wrote;
+                return (wrote, false);
             }
             wrote = true;
         }

@@ -92,3 +92,164 @@ fn vtd_driver_maps_attaches_and_dmas() {
 fn smmuv3_driver_maps_attaches_and_dmas() {
     map_and_dma(IommuKind::Smmuv3);
 }
+
+/// Every process holds exactly what the description lists (memory as its frames), and
+/// init only its own capabilities, its untyped memory and the processes it supervises.
+#[test]
+fn init_hands_out_exactly_the_listed_capabilities() {
+    use sim::{ObjKind, Rights};
+    use system_description::{CapKind, Role};
+
+    let desc = default_system(IommuKind::Smmuv3);
+    // Drivers that wait forever, so their capabilities are still there to inspect.
+    let mut programs = Programs::new();
+    for d in ["driver-a", "driver-b"] {
+        programs.insert(
+            d.into(),
+            Box::new(|ctx| {
+                let n = ctx.lookup("dma-done").unwrap();
+                ctx.wait(n).unwrap();
+            }),
+        );
+    }
+    let sys = System::build(desc.clone(), programs, &RunConfig::default()).unwrap();
+    let r = sys.run();
+    assert_eq!(r.deadlock.len(), 2, "the drivers wait: {:?}", r.deadlock);
+    for p in &desc.processes {
+        let held = sys.sim.caps_of(&p.name).unwrap();
+        let mut want: Vec<(String, ObjKind, u64)> = Vec::new();
+        for c in &p.caps {
+            let (kind, badge) = match &c.kind {
+                CapKind::Endpoint { badge, .. } | CapKind::DeviceEndpoint { badge, .. } => {
+                    (ObjKind::Endpoint, *badge)
+                }
+                CapKind::Notification { badge, .. } => (ObjKind::Notification, *badge),
+                CapKind::Device { .. } => (ObjKind::Device, 0),
+                CapKind::Mmio { .. } => (ObjKind::Mmio, 0),
+                CapKind::Irq { .. } => (ObjKind::Irq, 0),
+                CapKind::Memory { pages, contiguous } => {
+                    if *contiguous {
+                        want.push((c.name.clone(), ObjKind::Frame, 0));
+                    } else {
+                        for i in 0..*pages {
+                            want.push((format!("{}.{i}", c.name), ObjKind::Frame, 0));
+                        }
+                    }
+                    continue;
+                }
+            };
+            want.push((c.name.clone(), kind, badge));
+        }
+        let mut got: Vec<(String, ObjKind, u64)> = held
+            .iter()
+            .filter_map(|(n, i)| n.clone().map(|n| (n, i.kind, i.badge)))
+            .collect();
+        if p.role == Role::Root {
+            // init's own capabilities are its private copies (unnamed), next to one
+            // supervision capability per process it created; of what it was born with
+            // it keeps only its untyped memory.
+            let mut unnamed: Vec<(String, ObjKind, u64)> = held
+                .iter()
+                .filter(|(n, _)| n.is_none())
+                .map(|(_, i)| (String::new(), i.kind, i.badge))
+                .collect();
+            let mut expected: Vec<(String, ObjKind, u64)> = want
+                .drain(..)
+                .map(|(_, k, b)| (String::new(), k, b))
+                .collect();
+            for _ in 1..desc.processes.len() {
+                expected.push((String::new(), ObjKind::Process, 0));
+            }
+            unnamed.sort();
+            expected.sort();
+            assert_eq!(unnamed, expected, "init");
+            want.push(("untyped".into(), ObjKind::Untyped, 0));
+        } else {
+            assert!(
+                held.iter().all(|(n, _)| n.is_some()),
+                "`{}` holds capabilities it was not given: {held:?}",
+                p.name
+            );
+        }
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "{}", p.name);
+        // Rights as listed: a driver cannot receive on iommu-server's endpoint.
+        if p.role == Role::Driver {
+            let iommu = held
+                .iter()
+                .find(|(n, _)| n.as_deref() == Some("iommu"))
+                .unwrap();
+            assert_eq!(iommu.1.rights, Rights::WRITE | Rights::GRANT);
+        }
+    }
+}
+
+fn traced_run(kind: IommuKind, seed: u64) -> (u64, Vec<sim::Note>, Vec<InitEvent>) {
+    let mut programs = Programs::new();
+    for (name, dev) in [("driver-a", "dev-a"), ("driver-b", "dev-b")] {
+        programs.insert(
+            name.into(),
+            Box::new(move |ctx| {
+                let mut d = Driver::new(ctx);
+                let (device, _) = d.open(dev).unwrap();
+                let frames = d.mem[..2].to_vec();
+                let region = d.grant(&frames).unwrap();
+                let ioas = d.alloc_ioas().unwrap();
+                let iova = d
+                    .map(
+                        ioas,
+                        IovaPlacement::Anywhere { align: 4096 },
+                        8192,
+                        MemoryRef { region, offset: 0 },
+                        Perm::RW,
+                    )
+                    .unwrap();
+                d.attach(device, None, ioas).unwrap();
+                for _ in 0..3 {
+                    d.dma(dev, copy_job(DmaDirection::ToMemory, iova, 8192))
+                        .unwrap();
+                    let _ = d.dma(dev, copy_job(DmaDirection::ToMemory, iova + 8192, 64));
+                }
+            }),
+        );
+    }
+    let sys = System::build(
+        default_system(kind),
+        programs,
+        &RunConfig {
+            seed,
+            inject: sim::Injection {
+                kills: vec![sim::KillPoint::AtEntry {
+                    process: "driver-b".into(),
+                    entry: 9,
+                }],
+                delay_per_mille: 200,
+                max_delay: 10,
+                reorder_per_mille: 300,
+            },
+            trace: true,
+            ..RunConfig::default()
+        },
+    )
+    .unwrap();
+    let r = sys.run();
+    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    (r.trace_hash, r.notes, sys.events())
+}
+
+/// The whole system, servers, models and fault injection included, replays exactly from
+/// its seed.
+#[test]
+fn a_system_run_is_reproduced_by_its_seed() {
+    for kind in [IommuKind::Smmuv3, IommuKind::Vtd] {
+        let a = traced_run(kind, 77);
+        let b = traced_run(kind, 77);
+        assert_eq!(a.0, b.0);
+        assert_eq!(a.1, b.1);
+        assert_eq!(a.2, b.2);
+        let others: std::collections::BTreeSet<u64> =
+            (0..5).map(|s| traced_run(kind, s).0).collect();
+        assert!(others.len() > 1);
+    }
+}

@@ -632,3 +632,169 @@ fn adapter_counts_a_page_request_overflow_as_lost() {
         Err(Error::NotFound)
     );
 }
+
+// ----- iommu-server over the seam -----
+
+/// PASIDs for iommu-server without pasid-server: handed out in order from `next`.
+struct Pasids {
+    next: u32,
+}
+
+impl iommu_server::PasidAuthority for Pasids {
+    fn alloc_private(&mut self, _owner: u32, max: u32) -> Result<u32, Error> {
+        if self.next > max {
+            return Err(Error::NoSpace);
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+    fn free(&mut self, _owner: u32, _pasid: u32) -> Result<(), Error> {
+        Ok(())
+    }
+    fn revoke_owner(&mut self, _owner: u32) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[test]
+fn iommu_server_routes_pasid_dma_page_requests_and_responses() {
+    use iommu_server::{ClientConfig, ClientQuota, Config, DeviceCap, IommuServer};
+    use ipc_protocol::iommu::{IommuReply as Reply, IommuRequest as Req, IovaPlacement, MemoryRef};
+    const CLIENT: u64 = 0xa;
+    const DEVICE: u64 = 0xa18;
+    let (hw, m, mem) = hardware(VtdModelConfig::full());
+    let config = Config {
+        clients: vec![ClientConfig {
+            id: 1,
+            badge: CLIENT,
+            quota: ClientQuota {
+                max_ioas: 4,
+                max_mapped_bytes: 1 << 20,
+                max_fault_queues: 1,
+                max_pasids: 2,
+            },
+        }],
+        devices: vec![DeviceCap {
+            badge: DEVICE,
+            client: 1,
+            stream: u32::from(A),
+        }],
+        iova_bits: 48,
+        max_fault_queue_depth: 16,
+    };
+    let mut s = IommuServer::new(config, hw, Pasids { next: 0x1_2345 }).unwrap();
+    let ok = |s: &mut IommuServer<Hw, Pasids>, r: Req| {
+        s.handle(CLIENT, &r)
+            .unwrap_or_else(|e| panic!("{r:?}: {e:?}"))
+    };
+    let client = s.client_index(1).unwrap();
+    let Reply::DeviceOpened { device, info } = s.handle(DEVICE, &Req::OpenDevice).unwrap() else {
+        panic!("OpenDevice");
+    };
+    assert_eq!((info.pasid_bits, info.pri), (20, true));
+    let ioas_mapping = |s: &mut IommuServer<Hw, Pasids>, frame: u64| {
+        let Reply::IoasAllocated { ioas } = ok(s, Req::AllocIoas) else {
+            panic!("AllocIoas");
+        };
+        let region = s.grant_region(client, vec![frame]).unwrap();
+        let Reply::Mapped { iova } = ok(
+            s,
+            Req::Map {
+                ioas,
+                iova: IovaPlacement::Anywhere { align: 4096 },
+                length: 4096,
+                memory: MemoryRef { region, offset: 0 },
+                perm: Perm::RW,
+            },
+        ) else {
+            panic!("Map");
+        };
+        (ioas, iova)
+    };
+    let (plain, plain_iova) = ioas_mapping(&mut s, FRAME);
+    let (tagged, tagged_iova) = ioas_mapping(&mut s, FRAME + 0x1000);
+    ok(
+        &mut s,
+        Req::Attach {
+            device,
+            pasid: None,
+            ioas: plain,
+        },
+    );
+    let Reply::PasidAllocated { pasid } = ok(&mut s, Req::AllocPasid { device }) else {
+        panic!("AllocPasid");
+    };
+    assert_eq!(pasid, 0x1_2345);
+    ok(
+        &mut s,
+        Req::Attach {
+            device,
+            pasid: Some(pasid),
+            ioas: tagged,
+        },
+    );
+    write(&m, A, None, plain_iova, 0x1).unwrap();
+    write(&m, A, Some(pasid), tagged_iova, 0x2).unwrap();
+    assert_eq!(mem.read_u64(FRAME).unwrap(), 0x1);
+    assert_eq!(mem.read_u64(FRAME + 0x1000).unwrap(), 0x2);
+    // A page request reaches the owner's fault queue with a cookie; the owner's
+    // response reaches the device as the group's response.
+    let ring = s.grant_region(client, vec![FRAME + 0x2000]).unwrap();
+    let Reply::FaultQueueAllocated { queue } = ok(
+        &mut s,
+        Req::AllocFaultQueue {
+            device,
+            ring: MemoryRef {
+                region: ring,
+                offset: 0,
+            },
+            depth: 8,
+        },
+    ) else {
+        panic!("AllocFaultQueue");
+    };
+    assert_eq!(
+        m.page_request(request(A, Some(pasid), tagged_iova + 0x1000, true, 0x42)),
+        PageRequestOutcome::Queued
+    );
+    assert_eq!(s.process_faults().delivered, 1);
+    let (f, lost) = s.pop_fault(client, queue).unwrap();
+    let f = f.unwrap();
+    assert_eq!(lost, 0);
+    assert_eq!(
+        (f.kind, f.pasid, f.address, f.device),
+        (
+            FaultKind::PageRequest,
+            Some(pasid),
+            tagged_iova + 0x1000,
+            device.0
+        )
+    );
+    assert_ne!(f.cookie, 0);
+    ok(
+        &mut s,
+        Req::PageResponse {
+            queue,
+            cookie: f.cookie,
+            code: PageResponseCode::Success,
+        },
+    );
+    assert_eq!(
+        m.page_responses(),
+        [PageResponse {
+            rid: A,
+            pasid: Some(pasid),
+            group: 0x42,
+            code: 0,
+            from_hardware: false
+        }]
+    );
+    // The client dies: iommu-server detaches the stream first, then the PASID; no DMA
+    // gets through afterwards and every frame comes back.
+    let frames = s.client_died(client).unwrap();
+    assert_eq!(frames.len(), 3);
+    assert!(write(&m, A, None, plain_iova, 0xbad).is_err());
+    assert!(write(&m, A, Some(pasid), tagged_iova, 0xbad).is_err());
+    assert_eq!(mem.read_u64(FRAME).unwrap(), 0x1);
+    assert_eq!(mem.read_u64(FRAME + 0x1000).unwrap(), 0x2);
+}
