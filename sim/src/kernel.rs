@@ -1,11 +1,10 @@
 //! The kernel proper: objects, capability spaces, IPC, devices, the scheduler and fault
-//! injection. Everything here runs with the kernel lock held by the one thread that holds
-//! the baton (see `lib.rs`), so the order of every effect is decided by the scheduler.
+//! injection. Everything here runs on behalf of the one process running (see `lib.rs`),
+//! between two scheduling points, so the order of every effect is decided by the
+//! scheduler.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::Thread;
 
 use sim_physmem::{PhysMem, RangeAllocator, FRAME};
 
@@ -81,7 +80,7 @@ pub(crate) enum PState {
     Created,
     Ready,
     Blocked(Wait),
-    /// Killed; its thread still has to unwind.
+    /// Killed; its coroutine still has to unwind.
     Dying(Exit),
     Dead(Exit),
 }
@@ -298,27 +297,10 @@ pub(crate) struct ProcObj {
     bound: Option<u32>,
     fault: Option<(u32, u64)>,
     pub entry: Option<Entry>,
-    pub thread: Option<Arc<Waker>>,
+    /// Started, and its coroutine has not ended yet.
+    pub has_coroutine: bool,
     /// Frames mapped into its address space (kept alive by the mapping).
     mapped: Vec<Cap>,
-}
-
-/// How a process's thread is woken when it gets the baton: it spins first and only
-/// sleeps (`sleeping`) after a while, so a baton passed back quickly needs no wake-up.
-pub(crate) struct Waker {
-    pub thread: Thread,
-    pub sleeping: AtomicBool,
-}
-
-impl Waker {
-    /// Wakes the thread if it sleeps. The caller published the baton (a sequentially
-    /// consistent store) before calling, and the thread announces its sleep the same way
-    /// before checking the baton again, so one of them sees the other.
-    pub fn wake(&self) {
-        if self.sleeping.load(Ordering::SeqCst) {
-            self.thread.unpark();
-        }
-    }
 }
 
 /// What the scheduler decided.
@@ -481,7 +463,7 @@ impl Kernel {
             bound: None,
             fault: None,
             entry: Some(entry),
-            thread: None,
+            has_coroutine: false,
             mapped: Vec::new(),
         });
         self.procs.len() as u32 - 1
@@ -696,7 +678,7 @@ impl Kernel {
 
     /// Ends a process: it leaves every queue, its capabilities are deleted (frames whose
     /// last reference it held return to the pool), and its supervisor is told. Its
-    /// thread, if it has one, unwinds when next given the baton.
+    /// coroutine, if it has one, unwinds when next resumed.
     pub fn kill(&mut self, pid: Pid, exit: Exit) {
         let state = self.procs[pid as usize].state.clone();
         match state {
@@ -728,10 +710,10 @@ impl Kernel {
         let mapped = std::mem::take(&mut p.mapped);
         p.names.clear();
         let fault = p.fault.take();
-        let has_thread = p.thread.is_some();
+        let has_coroutine = p.has_coroutine;
         let name = p.name.clone();
         p.entry = None;
-        p.state = if has_thread {
+        p.state = if has_coroutine {
             PState::Dying(exit.clone())
         } else {
             PState::Dead(exit.clone())
@@ -758,13 +740,13 @@ impl Kernel {
         }
     }
 
-    /// The thread of a dying process has unwound.
+    /// The coroutine of a dying process has unwound (or its program ended).
     pub fn reaped(&mut self, pid: Pid) {
         let p = &mut self.procs[pid as usize];
         if let PState::Dying(e) = &p.state {
             p.state = PState::Dead(e.clone());
         }
-        p.thread = None;
+        p.has_coroutine = false;
     }
 
     // ----- IPC -----
@@ -857,7 +839,7 @@ impl Kernel {
         self.procs[pid as usize].state = PState::Blocked(Wait::Receive(ep));
         self.eps[ep as usize].receivers.push_back(pid);
         self.try_deliver(ep);
-        Ok(self.procs[pid as usize].state == PState::Ready)
+        Ok(matches!(self.procs[pid as usize].state, PState::Ready))
     }
 
     /// Replies to the caller `pid` last received a call from. A caller that has gone
@@ -1118,7 +1100,7 @@ impl Kernel {
         let mut unit = self.iommus[u as usize]
             .unit
             .try_lock()
-            .expect("an IOMMU model is only used by the process holding the baton");
+            .expect("an IOMMU model is only used by the running process");
         Ok(unit.registers())
     }
 
@@ -1215,7 +1197,7 @@ impl Kernel {
         let (taken, irq) = {
             let mut unit = unit
                 .try_lock()
-                .expect("an IOMMU model is only used by the process holding the baton");
+                .expect("an IOMMU model is only used by the running process");
             let taken = unit.page_request(stream, request);
             (taken, unit.take_interrupt())
         };
@@ -1299,7 +1281,7 @@ impl Kernel {
         let (pa, irq) = {
             let mut unit = unit
                 .try_lock()
-                .expect("an IOMMU model is only used by the process holding the baton");
+                .expect("an IOMMU model is only used by the running process");
             let pa = unit.translate(req);
             (pa, unit.take_interrupt())
         };
@@ -1374,7 +1356,7 @@ impl Kernel {
 
     // ----- scheduling -----
 
-    /// Chooses who runs next: a process whose thread must unwind, else a random choice
+    /// Chooses who runs next: a process whose coroutine must unwind, else a random choice
     /// among the ready processes and the devices with work (a device's choice runs one
     /// page of its DMA here and chooses again). Time jumps forward to the next delayed
     /// delivery when nothing else can happen.
@@ -1383,7 +1365,7 @@ impl Kernel {
             if let Some(p) = self
                 .procs
                 .iter()
-                .position(|p| matches!(p.state, PState::Dying(_)) && p.thread.is_some())
+                .position(|p| matches!(p.state, PState::Dying(_)) && p.has_coroutine)
             {
                 return Next::Run(p as Pid);
             }
@@ -1394,7 +1376,7 @@ impl Kernel {
             let ready = self
                 .procs
                 .iter()
-                .filter(|p| p.state == PState::Ready)
+                .filter(|p| matches!(p.state, PState::Ready))
                 .count() as u64;
             let busy = self.devices.iter().filter(|d| !d.jobs.is_empty()).count() as u64;
             if ready + busy == 0 {
@@ -1414,7 +1396,7 @@ impl Kernel {
                     .procs
                     .iter()
                     .enumerate()
-                    .filter(|(_, p)| p.state == PState::Ready)
+                    .filter(|(_, p)| matches!(p.state, PState::Ready))
                     .nth(k as usize)
                     .expect("counted")
                     .0;
@@ -1505,8 +1487,8 @@ impl Kernel {
         Ok(())
     }
 
-    /// Marks a created process ready; returns its pid so the caller can start its
-    /// thread.
+    /// Marks a created process ready; returns its pid so the caller can give it its
+    /// coroutine.
     pub fn start(&mut self, pid: Pid, process: CPtr) -> Result<Pid, SysError> {
         let c = self.child(pid, process)?;
         if self.procs[c as usize].state != PState::Created {

@@ -1,10 +1,13 @@
 //! A deterministic simulation of a capability microkernel, for host tests.
 //!
 //! # Model
-//! - **Processes** are closures, each on its own OS thread, but only one runs at a time:
-//!   a baton passes at every kernel entry (every system call), and the scheduler decides
-//!   who gets it with a seeded [`SplitMix64`]. OS scheduling therefore never changes the
-//!   outcome: a run is reproduced by its seed ([`SimConfig::seed`]).
+//! - **Processes** are closures, each run as a stackful coroutine with its own stack
+//!   ([`SimConfig::stack_bytes`]) on the thread that runs the simulation ([`Sim::run`]).
+//!   Every kernel entry (every system call) is a scheduling point: the scheduler picks who
+//!   runs next with a seeded [`SplitMix64`]; if it picks another process, the caller's
+//!   coroutine suspends and the run loop resumes the chosen one. Nothing runs in
+//!   parallel and the OS never schedules anything, so a run is reproduced by its seed
+//!   ([`SimConfig::seed`]).
 //! - **Capability spaces**: a process names objects only through slots ([`CPtr`]) of its
 //!   own space, holding capabilities with a badge and [`Rights`]: endpoints,
 //!   notifications, frames of simulated RAM ([`sim_physmem::PhysMem`]), devices, IOMMU
@@ -24,7 +27,9 @@
 //!   capabilities are deleted (a frame's memory returns to the pool when its last
 //!   capability goes, so a server holding a copy keeps it alive) and the kernel sends a
 //!   one-byte [`DeathCause`] message to its fault endpoint, badged as its supervisor set
-//!   it up.
+//!   it up. A killed process unwinds its stack (its destructors run, without kernel
+//!   service) when it is next resumed; one killed before it ever ran just drops its
+//!   program.
 //! - **Fault injection** ([`Injection`]): kill a process at its Nth kernel entry or at a
 //!   global step, deliver endpoint messages late by up to k steps, and reorder which
 //!   waiting sender an endpoint delivers first (only between different senders, as seL4
@@ -48,10 +53,13 @@ pub mod machine;
 pub mod rng;
 
 use std::any::Any;
+use std::cell::{Cell, RefCell, RefMut};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 pub use cap::{CPtr, CapInfo, ObjKind, Pid, Rights, SysError};
 pub use kernel::{
@@ -62,7 +70,7 @@ pub use rng::SplitMix64;
 pub use sim_physmem::{PhysMem, SimDma, FRAME};
 
 use cap::Obj;
-use kernel::{Create, Inbox, Kernel, Next, PState, Waker};
+use kernel::{Create, Inbox, Kernel, Next, PState};
 use machine::{DeviceDesc, DmaJob, IommuUnit, JobStatus, RegisterIo};
 
 /// How to build a simulation.
@@ -77,12 +85,19 @@ pub struct SimConfig {
     pub inject: Injection,
     /// Keep the full trace (its hash is always kept).
     pub trace: bool,
-    /// How long a thread that passed the baton spins before yielding and then sleeping
-    /// (iterations). A baton that comes back within this time costs no OS wake-up, but a
-    /// spinning thread occupies a core: spin long only when the machine has cores to
-    /// spare (benchmarks), briefly otherwise.
-    pub spin: u32,
+    /// Size of each process's stack, with a guard page below it. The memory is
+    /// reserved, not committed: a process only costs the pages its deepest call touched.
+    /// A process that overflows its stack hits the guard page, which ends the whole host
+    /// process with SIGSEGV: raise this for programs with deep recursion or large
+    /// buffers on the stack.
+    pub stack_bytes: usize,
 }
+
+/// The default [`SimConfig::stack_bytes`]: 256 KiB. The deepest process of the
+/// capability suite (iommu-server) touches 28 KiB of its stack in a debug build and
+/// 10 KiB in a release build, and printing a panic's backtrace from a process takes
+/// about 24 KiB; the rest is headroom for test programs.
+pub const DEFAULT_STACK_BYTES: usize = 256 << 10;
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -92,115 +107,109 @@ impl Default for SimConfig {
             ram_bytes: 64 << 20,
             inject: Injection::default(),
             trace: true,
-            spin: 100,
+            stack_bytes: DEFAULT_STACK_BYTES,
         }
     }
 }
 
-/// The marker a killed process's thread unwinds with.
+/// The marker a killed process unwinds with.
 struct Killed;
 
-const NOBODY: u32 = u32::MAX;
+/// A process's coroutine. Resumed by the run loop, it suspends at a scheduling point that
+/// picked another process, and returns when its program ended, each time handing back
+/// the scheduler's choice of who runs next.
+type Process = Coroutine<(), Next, Next, DefaultStack>;
+
+/// The yielder of a process's coroutine: the way back to the run loop.
+type ProcYielder = Yielder<(), Next>;
 
 struct Shared {
-    kernel: Mutex<Kernel>,
-    /// The process holding the baton (`NOBODY`: the simulation is idle).
-    current: AtomicU32,
-    idle: Mutex<bool>,
-    idle_cv: Condvar,
-    joins: Mutex<Vec<JoinHandle<()>>>,
-    spin: u32,
+    kernel: RefCell<Kernel>,
+    /// The coroutine of each started process that has not ended, by pid; taken out
+    /// while it runs.
+    coroutines: RefCell<Vec<Option<Process>>>,
+    /// The running process and its coroutine's yielder. A coroutine sets it when it
+    /// starts and whenever it is resumed, on its own stack; the run loop clears it as
+    /// soon as the coroutine stops. So it names the coroutine executing now, if any.
+    running: Cell<Option<(Pid, *const ProcYielder)>>,
+    stack_bytes: usize,
+}
+
+/// Clears [`Shared::running`] when the run loop gets control back, also when a
+/// process's coroutine panicked outside its program (a bug of the simulation).
+struct Stopped<'a>(&'a Cell<Option<(Pid, *const ProcYielder)>>);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Kernel> {
-        self.kernel.lock().unwrap_or_else(PoisonError::into_inner)
+    fn kernel(&self) -> RefMut<'_, Kernel> {
+        self.kernel.borrow_mut()
     }
 
-    fn wait_baton(&self, me: Pid, waker: &Waker) {
-        let mut spins = 0u32;
-        while self.current.load(Ordering::SeqCst) != me {
-            if spins < self.spin {
-                spins += 1;
-                std::hint::spin_loop();
-            } else if spins < self.spin.saturating_add(64) {
-                spins += 1;
-                std::thread::yield_now();
-            } else {
-                waker.sleeping.store(true, Ordering::SeqCst);
-                if self.current.load(Ordering::SeqCst) != me {
-                    std::thread::park();
+    /// The run loop: resumes the processes the scheduler picks, starting with `next`,
+    /// until it finds nothing to run.
+    fn drive(&self, mut next: Next) {
+        assert!(
+            self.running.get().is_none(),
+            "the simulation is run from inside one of its processes"
+        );
+        while let Next::Run(p) = next {
+            let mut co = self.coroutines.borrow_mut()[p as usize]
+                .take()
+                .expect("a process the scheduler picks has a coroutine");
+            let result = {
+                let _stopped = Stopped(&self.running);
+                co.resume(())
+            };
+            next = match result {
+                CoroutineResult::Yield(n) => {
+                    self.coroutines.borrow_mut()[p as usize] = Some(co);
+                    n
                 }
-                waker.sleeping.store(false, Ordering::SeqCst);
-            }
+                CoroutineResult::Return(n) => n,
+            };
         }
     }
 
-    fn set_idle(&self) {
-        *self.idle.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.idle_cv.notify_all();
+    /// Hands control to the run loop with the scheduler's choice `next` and returns when
+    /// the run loop resumes `me` again. Must be called by `me`, with the kernel released.
+    fn suspend(&self, me: Pid, next: Next) {
+        let (pid, yielder) = self
+            .running
+            .get()
+            .expect("a process suspends only while it runs");
+        assert_eq!(pid, me, "a process suspends only itself");
+        // SAFETY: `running` holds `me`'s yielder only while `me`'s coroutine is the one
+        // executing (the coroutine sets it on its own stack, the run loop clears it when
+        // the coroutine stops), so the yielder is alive and belongs to the coroutine
+        // whose stack we are on, which is what `Yielder::suspend` requires.
+        unsafe { (*yielder).suspend(next) };
+        self.running.set(Some((me, yielder)));
     }
 
-    fn wait_idle(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*idle {
-            idle = self
-                .idle_cv
-                .wait(idle)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    /// Gives the baton to `p` (called with the kernel locked; `k` is released).
-    fn hand_to(&self, k: MutexGuard<'_, Kernel>, p: Pid) {
-        let w = k.procs[p as usize]
-            .thread
-            .clone()
-            .expect("a runnable process has a thread");
-        self.current.store(p, Ordering::SeqCst);
-        drop(k);
-        w.wake();
-    }
-
-    /// Passes the baton on after the holder's kernel work; does not wait for it back.
-    fn pass_on(&self, mut k: MutexGuard<'_, Kernel>) {
+    /// Passes control on after a process ended: the scheduler's next choice.
+    fn pass_on(&self, mut k: RefMut<'_, Kernel>) -> Next {
         if k.shutting_down {
-            self.current.store(NOBODY, Ordering::SeqCst);
-            drop(k);
-            self.set_idle();
-            return;
-        }
-        match k.schedule() {
-            Next::Run(p) => self.hand_to(k, p),
-            Next::Idle => {
-                self.current.store(NOBODY, Ordering::SeqCst);
-                drop(k);
-                self.set_idle();
-            }
+            Next::Idle
+        } else {
+            k.schedule()
         }
     }
 
-    /// The scheduling point at the end of every system call of `me`: passes the baton to
-    /// whoever the scheduler picks and waits until it comes back. Unwinds if `me` was
-    /// killed meanwhile.
-    fn switch<'a>(&'a self, me: Pid, mut k: MutexGuard<'a, Kernel>) -> MutexGuard<'a, Kernel> {
-        let mine = k.procs[me as usize]
-            .thread
-            .clone()
-            .expect("a running process has a thread");
+    /// The scheduling point at the end of every system call of `me`: if the scheduler
+    /// picks another process (or nothing), `me` suspends until it is picked again.
+    /// Unwinds if `me` was killed meanwhile.
+    fn switch<'a>(&'a self, me: Pid, mut k: RefMut<'a, Kernel>) -> RefMut<'a, Kernel> {
         match k.schedule() {
             Next::Run(p) if p == me => {}
-            Next::Run(p) => {
-                self.hand_to(k, p);
-                self.wait_baton(me, &mine);
-                k = self.lock();
-            }
-            Next::Idle => {
-                self.current.store(NOBODY, Ordering::SeqCst);
+            next => {
                 drop(k);
-                self.set_idle();
-                self.wait_baton(me, &mine);
-                k = self.lock();
+                self.suspend(me, next);
+                k = self.kernel();
             }
         }
         if k.is_dying(me) {
@@ -210,38 +219,34 @@ impl Shared {
         k
     }
 
-    fn start_thread(self: &Arc<Self>, k: &mut Kernel, pid: Pid) {
+    /// Gives the started process `pid` its coroutine (it runs when the scheduler picks
+    /// it).
+    fn start_process(self: &Rc<Self>, k: &mut Kernel, pid: Pid) -> Result<(), SysError> {
+        let stack = DefaultStack::new(self.stack_bytes).map_err(|_| SysError::NotEnoughMemory)?;
         let entry = k.procs[pid as usize]
             .entry
             .take()
             .expect("a created process has its program");
         let shared = self.clone();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Waker>>(1);
-        let handle = std::thread::Builder::new()
-            .name(format!("sim:{}", k.procs[pid as usize].name))
-            .spawn(move || {
-                let waker = rx.recv().expect("the kernel sends the waker");
-                shared.body(pid, entry, waker)
-            })
-            .expect("spawn a process thread");
-        let waker = Arc::new(Waker {
-            thread: handle.thread().clone(),
-            sleeping: AtomicBool::new(false),
+        let co = Coroutine::with_stack(stack, move |yielder: &ProcYielder, ()| {
+            shared
+                .running
+                .set(Some((pid, yielder as *const ProcYielder)));
+            shared.body(pid, entry)
         });
-        tx.send(waker.clone())
-            .expect("the thread waits for its waker");
-        k.procs[pid as usize].thread = Some(waker);
-        self.joins
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(handle);
+        let mut cos = self.coroutines.borrow_mut();
+        if cos.len() <= pid as usize {
+            cos.resize_with(pid as usize + 1, || None);
+        }
+        cos[pid as usize] = Some(co);
+        k.procs[pid as usize].has_coroutine = true;
+        Ok(())
     }
 
-    /// A process's thread: wait for the baton, run the program, report how it ended.
-    fn body(self: Arc<Self>, pid: Pid, entry: Entry, waker: Arc<Waker>) {
-        self.wait_baton(pid, &waker);
-        drop(waker);
-        let dying = self.lock().is_dying(pid);
+    /// A process's coroutine: run the program, report how it ended, and say who runs
+    /// next.
+    fn body(self: Rc<Self>, pid: Pid, entry: Entry) -> Next {
+        let dying = self.kernel().is_dying(pid);
         let outcome: Result<(), Box<dyn Any + Send>> = if dying {
             drop(entry);
             Err(Box::new(Killed))
@@ -249,18 +254,17 @@ impl Shared {
             let ctx = Ctx {
                 shared: self.clone(),
                 pid,
-                _thread_bound: std::marker::PhantomData,
             };
             catch_unwind(AssertUnwindSafe(move || entry(ctx)))
         };
-        let mut k = self.lock();
+        let mut k = self.kernel();
         match outcome {
             Ok(()) => k.kill(pid, Exit::Returned),
             Err(p) if p.is::<Killed>() => {}
             Err(p) => k.kill(pid, Exit::Panicked(panic_message(p.as_ref()))),
         }
         k.reaped(pid);
-        self.pass_on(k);
+        self.pass_on(k)
     }
 }
 
@@ -347,7 +351,7 @@ impl RunReport {
 
 /// A simulation: the machine, the kernel and its processes.
 pub struct Sim {
-    shared: Arc<Shared>,
+    shared: Rc<Shared>,
     seed: u64,
     down: bool,
 }
@@ -356,13 +360,11 @@ impl Sim {
     pub fn new(config: SimConfig) -> Sim {
         let mem = PhysMem::new(config.ram_base, config.ram_bytes);
         Sim {
-            shared: Arc::new(Shared {
-                kernel: Mutex::new(Kernel::new(config.seed, mem, config.inject, config.trace)),
-                current: AtomicU32::new(NOBODY),
-                idle: Mutex::new(true),
-                idle_cv: Condvar::new(),
-                joins: Mutex::new(Vec::new()),
-                spin: config.spin,
+            shared: Rc::new(Shared {
+                kernel: RefCell::new(Kernel::new(config.seed, mem, config.inject, config.trace)),
+                coroutines: RefCell::new(Vec::new()),
+                running: Cell::new(None),
+                stack_bytes: config.stack_bytes,
             }),
             seed: config.seed,
             down: false,
@@ -371,34 +373,34 @@ impl Sim {
 
     /// Simulated RAM (for tests to judge what DMA did).
     pub fn phys(&self) -> Arc<PhysMem> {
-        self.shared.lock().mem.clone()
+        self.shared.kernel().mem.clone()
     }
 
     /// Adds an IOMMU; returns its index.
     pub fn add_iommu(&self, name: &str, unit: Arc<Mutex<dyn IommuUnit>>) -> u32 {
-        self.shared.lock().add_iommu(name, unit)
+        self.shared.kernel().add_iommu(name, unit)
     }
 
     /// Adds a device behind IOMMU `iommu` with StreamID/requester ID `stream` and a
     /// buffer of `buffer_bytes`; returns its index.
     pub fn add_device(&self, name: &str, iommu: u32, stream: u32, buffer_bytes: u64) -> u32 {
         self.shared
-            .lock()
+            .kernel()
             .add_device(name, iommu, stream, buffer_bytes)
     }
 
     pub fn endpoint(&self, name: &str) -> Object {
-        Object(self.shared.lock().new_endpoint(name))
+        Object(self.shared.kernel().new_endpoint(name))
     }
 
     pub fn notification(&self, name: &str) -> Object {
-        Object(self.shared.lock().new_notification(name))
+        Object(self.shared.kernel().new_notification(name))
     }
 
     /// A frame of `pages` contiguous pages (freed when the last capability given to a
     /// process goes).
     pub fn frame(&self, pages: u64) -> Result<Object, SysError> {
-        self.shared.lock().new_frame(pages).map(Object)
+        self.shared.kernel().new_frame(pages).map(Object)
     }
 
     /// The device `d` (for [`Grant`]).
@@ -418,13 +420,15 @@ impl Sim {
 
     /// Creates and starts a process holding exactly `caps`.
     pub fn spawn(&self, name: &str, daemon: bool, caps: &[Grant<'_>], entry: Entry) -> Pid {
-        let mut k = self.shared.lock();
+        let mut k = self.shared.kernel();
         let pid = k.new_process(name, daemon, entry);
         for g in caps {
             k.install_outside(pid, g.object.0, g.badge, g.rights, g.name);
         }
         k.procs[pid as usize].state = PState::Ready;
-        self.shared.start_thread(&mut k, pid);
+        self.shared
+            .start_process(&mut k, pid)
+            .expect("reserve a process stack");
         pid
     }
 
@@ -432,7 +436,7 @@ impl Sim {
     /// IOMMU's register frame (`mmio:<name>`) and interrupt (`irq:<name>`) and every
     /// device (`device:<name>`), and builds the rest of the system with them.
     pub fn spawn_root(&self, name: &str, entry: Entry) -> Pid {
-        let mut k = self.shared.lock();
+        let mut k = self.shared.kernel();
         let pid = k.new_process(name, true, entry);
         k.install_new(pid, Obj::Untyped, Some("untyped"));
         for u in 0..k.iommu_count() {
@@ -445,7 +449,9 @@ impl Sim {
             k.install_new(pid, Obj::Device(d), Some(&format!("device:{n}")));
         }
         k.procs[pid as usize].state = PState::Ready;
-        self.shared.start_thread(&mut k, pid);
+        self.shared
+            .start_process(&mut k, pid)
+            .expect("reserve a process stack");
         pid
     }
 
@@ -453,24 +459,13 @@ impl Sim {
     /// so far. Can be called again after spawning more processes.
     pub fn run(&self) -> RunReport {
         assert!(!self.down, "the simulation was shut down");
-        let mut k = self.shared.lock();
-        *self
-            .shared
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = false;
-        match k.schedule() {
-            Next::Run(p) => {
-                self.shared.hand_to(k, p);
-                self.shared.wait_idle();
-            }
-            Next::Idle => drop(k),
-        }
+        let next = self.shared.kernel().schedule();
+        self.shared.drive(next);
         self.report()
     }
 
     fn report(&self) -> RunReport {
-        let k = self.shared.lock();
+        let k = self.shared.kernel();
         RunReport {
             seed: self.seed,
             steps: k.step,
@@ -491,59 +486,51 @@ impl Sim {
     /// What process `name` holds, seen from outside (for tests): each capability with
     /// the name it was given under, if any.
     pub fn caps_of(&self, name: &str) -> Option<Vec<(Option<String>, CapInfo)>> {
-        self.shared.lock().caps_of(name)
+        self.shared.kernel().caps_of(name)
     }
 
     /// Bytes of RAM held by live frames.
     pub fn live_frame_bytes(&self) -> u64 {
-        self.shared.lock().live_frame_bytes()
+        self.shared.kernel().live_frame_bytes()
     }
 
-    /// Ends every process still waiting (their threads unwind, one at a time) and joins
-    /// the threads. Also done on drop.
+    /// Ends every process still waiting: each is resumed, one at a time, to unwind its
+    /// stack. Also done on drop.
     pub fn shutdown(&mut self) {
         if self.down {
             return;
         }
         self.down = true;
         let pids: Vec<Pid> = {
-            let mut k = self.shared.lock();
+            let mut k = self.shared.kernel();
             k.shutting_down = true;
             (0..k.procs.len() as Pid)
-                .filter(|&p| k.procs[p as usize].thread.is_some())
+                .filter(|&p| k.procs[p as usize].has_coroutine)
                 .collect()
         };
         for p in pids {
-            let mut k = self.shared.lock();
-            let Some(_) = k.procs[p as usize].thread else {
+            let mut k = self.shared.kernel();
+            if !k.procs[p as usize].has_coroutine {
                 continue;
-            };
+            }
             if !matches!(k.procs[p as usize].state, PState::Dying(_)) {
                 k.procs[p as usize].state = PState::Dying(Exit::Shutdown);
             }
-            *self
-                .shared
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = false;
-            self.shared.hand_to(k, p);
-            self.shared.wait_idle();
-        }
-        let joins = std::mem::take(
-            &mut *self
-                .shared
-                .joins
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for j in joins {
-            let _ = j.join();
+            drop(k);
+            self.shared.drive(Next::Run(p));
         }
     }
 }
 
 impl Drop for Sim {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Unwinding the processes now would start unwinding inside this one: leave
+            // their coroutines (and stacks) be.
+            let coroutines = std::mem::take(&mut *self.shared.coroutines.borrow_mut());
+            std::mem::forget(coroutines);
+            return;
+        }
         self.shutdown();
     }
 }
@@ -552,14 +539,14 @@ impl Drop for Sim {
 /// [`Ctx::lookup`], [`Ctx::names`], [`Ctx::now`] and accesses through a mapping is a
 /// kernel entry and a scheduling point.
 ///
-/// A process is one thread: a `Ctx` stays on the thread it was given to (it is neither
-/// `Send` nor `Sync`), and a program must enter the kernel now and then (a loop without
-/// system calls keeps the baton forever).
+/// A `Ctx` belongs to its process's coroutine: it is neither `Send` nor `Sync`, and a
+/// kernel entry through it from anywhere else panics. Processes are scheduled only at
+/// kernel entries, so a program must enter the kernel now and then (a loop without
+/// system calls keeps every other process from running, forever).
 #[derive(Clone)]
 pub struct Ctx {
-    shared: Arc<Shared>,
+    shared: Rc<Shared>,
     pid: Pid,
-    _thread_bound: std::marker::PhantomData<std::rc::Rc<()>>,
 }
 
 impl core::fmt::Debug for Ctx {
@@ -576,7 +563,7 @@ impl Ctx {
     /// The slot of the capability given under `name` (like reading boot information; not
     /// a kernel entry).
     pub fn lookup(&self, name: &str) -> Option<CPtr> {
-        self.shared.lock().procs[self.pid as usize]
+        self.shared.kernel().procs[self.pid as usize]
             .names
             .get(name)
             .copied()
@@ -585,12 +572,12 @@ impl Ctx {
     /// The current step (the number of kernel entries and device steps so far): the
     /// simulation's clock. Reading it is not a kernel entry.
     pub fn now(&self) -> u64 {
-        self.shared.lock().step
+        self.shared.kernel().step
     }
 
     /// Every named capability.
     pub fn names(&self) -> Vec<(String, CPtr)> {
-        self.shared.lock().procs[self.pid as usize]
+        self.shared.kernel().procs[self.pid as usize]
             .names
             .iter()
             .map(|(n, &s)| (n.clone(), s))
@@ -599,9 +586,17 @@ impl Ctx {
 
     /// Enters the kernel. A process that is unwinding (its destructors run after it was
     /// killed) gets no more kernel service.
-    fn enter(&self, call: Syscall) -> Result<MutexGuard<'_, Kernel>, SysError> {
-        let mut k = self.shared.lock();
-        if std::thread::panicking() || k.procs[self.pid as usize].state != PState::Ready {
+    fn enter(&self, call: Syscall) -> Result<RefMut<'_, Kernel>, SysError> {
+        assert!(
+            self.shared
+                .running
+                .get()
+                .is_some_and(|(p, _)| p == self.pid),
+            "the Ctx of process {} used outside it",
+            self.pid
+        );
+        let mut k = self.shared.kernel();
+        if std::thread::panicking() || !matches!(k.procs[self.pid as usize].state, PState::Ready) {
             return Err(SysError::IllegalOperation);
         }
         k.enter(self.pid, call);
@@ -612,7 +607,7 @@ impl Ctx {
         Ok(k)
     }
 
-    fn leave<'a>(&'a self, k: MutexGuard<'a, Kernel>) -> MutexGuard<'a, Kernel> {
+    fn leave<'a>(&'a self, k: RefMut<'a, Kernel>) -> RefMut<'a, Kernel> {
         self.shared.switch(self.pid, k)
     }
 
@@ -628,7 +623,7 @@ impl Ctx {
         r
     }
 
-    fn inbox(&self, mut k: MutexGuard<'_, Kernel>) -> Inbox {
+    fn inbox(&self, mut k: RefMut<'_, Kernel>) -> Inbox {
         k.take_inbox(self.pid)
             .expect("a process woken from a blocking call has its result")
     }
@@ -661,7 +656,7 @@ impl Ctx {
         })
     }
 
-    fn received(&self, k: MutexGuard<'_, Kernel>) -> Received {
+    fn received(&self, k: RefMut<'_, Kernel>) -> Received {
         match self.inbox(k) {
             Inbox::Message(m) => m,
             Inbox::Signal(word) => Received {
@@ -910,11 +905,15 @@ impl Ctx {
     }
 
     pub fn start(&self, process: CPtr) -> Result<(), SysError> {
-        let shared = self.shared.clone();
+        let shared = &self.shared;
         self.simple(Syscall::Start, |k, p| {
             let child = k.start(p, process)?;
-            shared.start_thread(k, child);
-            Ok(())
+            let started = shared.start_process(k, child);
+            if started.is_err() {
+                // No stack for it: it stays created.
+                k.procs[child as usize].state = PState::Created;
+            }
+            started
         })
     }
 

@@ -939,3 +939,212 @@ fn a_panicking_process_is_a_fault_its_supervisor_hears_of() {
     assert_eq!(r.exit_of("child"), Some(&Exit::Panicked("boom".into())));
     assert_eq!(r.problems(), vec!["`child` faulted: boom".to_string()]);
 }
+
+/// Records its name in a log when dropped: shows that a process's stack was unwound (or
+/// its program dropped).
+struct Unwound(&'static str, Log);
+
+impl Drop for Unwound {
+    fn drop(&mut self) {
+        self.1.lock().unwrap().push(format!("{} unwound", self.0));
+    }
+}
+
+#[test]
+fn a_killed_process_unwinds_when_next_resumed_without_kernel_service() {
+    let sim = Sim::new(config(21));
+    let log: Log = Arc::default();
+    let l = log.clone();
+    sim.spawn_root(
+        "root",
+        Box::new(move |ctx| {
+            let ut = ctx.lookup("untyped").unwrap();
+            let ep = ctx.create_endpoint(ut, "nobody-sends").unwrap();
+            let up = ctx.create_notification(ut, "up").unwrap();
+            let lv = l.clone();
+            let victim = ctx
+                .create_process(
+                    ut,
+                    "victim",
+                    false,
+                    Box::new(move |ctx| {
+                        struct Probe(sim::Ctx, sim::CPtr, Log);
+                        impl Drop for Probe {
+                            fn drop(&mut self) {
+                                // Its destructors run, but the kernel no longer serves it.
+                                let r = self.0.identify(self.1);
+                                self.2.lock().unwrap().push(format!("identify {r:?}"));
+                            }
+                        }
+                        let ep = ctx.lookup("ep").unwrap();
+                        let _guard = Unwound("victim", lv.clone());
+                        let _probe = Probe(ctx.clone(), ep, lv.clone());
+                        ctx.signal(ctx.lookup("up").unwrap()).unwrap();
+                        let _ = ctx.recv(ep);
+                        lv.lock().unwrap().push("victim went on".into());
+                    }),
+                )
+                .unwrap();
+            ctx.give(victim, ep, "ep", None, Rights::READ).unwrap();
+            ctx.give(victim, up, "up", Some(1), Rights::WRITE).unwrap();
+            ctx.start(victim).unwrap();
+            ctx.wait(up).unwrap();
+            l.lock().unwrap().push("kill".into());
+            ctx.kill(victim).unwrap();
+        }),
+    );
+    let r = sim.run();
+    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert!(matches!(r.exit_of("victim"), Some(Exit::Killed { .. })));
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            "kill".to_string(),
+            "identify Err(IllegalOperation)".to_string(),
+            "victim unwound".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn a_process_killed_before_it_ever_ran_only_drops_its_program() {
+    let mut never_ran = 0;
+    for seed in 0..16 {
+        let sim = Sim::new(config(seed));
+        let log: Log = Arc::default();
+        let l = log.clone();
+        sim.spawn_root(
+            "root",
+            Box::new(move |ctx| {
+                let ut = ctx.lookup("untyped").unwrap();
+                let guard = Unwound("child", l.clone());
+                let lc = l.clone();
+                let child = ctx
+                    .create_process(
+                        ut,
+                        "child",
+                        false,
+                        Box::new(move |ctx| {
+                            let _guard = guard;
+                            lc.lock().unwrap().push("child ran".into());
+                            loop {
+                                ctx.yield_now();
+                            }
+                        }),
+                    )
+                    .unwrap();
+                ctx.start(child).unwrap();
+                ctx.kill(child).unwrap();
+            }),
+        );
+        let r = sim.run();
+        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        assert!(matches!(r.exit_of("child"), Some(Exit::Killed { .. })));
+        let got = log.lock().unwrap().clone();
+        if got == ["child unwound"] {
+            never_ran += 1;
+        } else {
+            assert_eq!(got, ["child ran", "child unwound"], "seed {seed}");
+        }
+    }
+    assert!(never_ran > 0, "in 16 seeds the child always ran first");
+}
+
+#[test]
+fn shutdown_unwinds_the_processes_still_waiting() {
+    let mut sim = Sim::new(config(3));
+    let ep = sim.endpoint("nobody-sends");
+    let log: Log = Arc::default();
+    let l = log.clone();
+    sim.spawn(
+        "server",
+        true,
+        &[grant("ep", ep, 0, Rights::READ)],
+        Box::new(move |ctx| {
+            let _guard = Unwound("server", l);
+            let ep = ctx.lookup("ep").unwrap();
+            loop {
+                let _ = ctx.recv(ep);
+            }
+        }),
+    );
+    let r = sim.run();
+    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_eq!(r.waiting.len(), 1);
+    assert!(log.lock().unwrap().is_empty());
+    sim.shutdown();
+    assert_eq!(*log.lock().unwrap(), ["server unwound"]);
+}
+
+thread_local! {
+    /// Where one process leaves its `Ctx` for another to misuse.
+    static LEFT: std::cell::RefCell<Option<sim::Ctx>> = const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn a_ctx_serves_only_its_own_process() {
+    let sim = Sim::new(config(8));
+    let ep = sim.endpoint("nobody-sends");
+    sim.spawn(
+        "owner",
+        true,
+        &[grant("ep", ep, 0, Rights::READ)],
+        Box::new(|ctx| {
+            LEFT.with(|l| *l.borrow_mut() = Some(ctx.clone()));
+            let ep = ctx.lookup("ep").unwrap();
+            loop {
+                let _ = ctx.recv(ep);
+            }
+        }),
+    );
+    sim.spawn(
+        "thief",
+        false,
+        &[],
+        Box::new(|ctx| {
+            let stolen = loop {
+                if let Some(c) = LEFT.with(|l| l.borrow().clone()) {
+                    break c;
+                }
+                ctx.yield_now();
+            };
+            stolen.yield_now();
+        }),
+    );
+    let r = sim.run();
+    match r.exit_of("thief") {
+        Some(Exit::Panicked(m)) => assert!(m.contains("used outside"), "{m}"),
+        e => panic!("the thief ended {e:?}"),
+    }
+    // Nor outside the simulation's run.
+    let stolen = LEFT.with(|l| l.borrow_mut().take()).unwrap();
+    let outside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stolen.yield_now()));
+    assert!(outside.is_err());
+}
+
+#[test]
+fn the_stack_size_is_configurable() {
+    // 1 MiB of locals: more than the default stack holds.
+    let sim = Sim::new(SimConfig {
+        stack_bytes: 4 << 20,
+        ..config(1)
+    });
+    const { assert!(sim::DEFAULT_STACK_BYTES < 1 << 20) };
+    let log: Log = Arc::default();
+    let l = log.clone();
+    sim.spawn(
+        "deep",
+        false,
+        &[],
+        Box::new(move |ctx| {
+            let mut big = [0u8; 1 << 20];
+            ctx.yield_now();
+            big[(1 << 20) - 1] = 7;
+            let big = std::hint::black_box(big);
+            l.lock().unwrap().push(format!("{}", big[(1 << 20) - 1]));
+        }),
+    );
+    let r = sim.run();
+    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_eq!(*log.lock().unwrap(), ["7"]);
+}

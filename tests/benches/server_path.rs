@@ -260,8 +260,6 @@ fn server_path(kind: IommuKind) -> Figures {
         &RunConfig {
             seed: 1,
             trace: false,
-            // Only the driver and iommu-server run: let the baton spin between them.
-            spin: 1 << 20,
             ..RunConfig::default()
         },
     )

@@ -72,7 +72,7 @@ pub const SCENARIOS: &[Scenario] = scenarios! {
 // ---------------------------------------------------------------------------------------
 
 /// What drivers of one run share with each other and with the checks (written and read
-/// only while holding the simulation's baton, so in a deterministic order).
+/// only by the running process, so in a deterministic order).
 #[derive(Clone, Default)]
 pub struct Board(Arc<Mutex<BTreeMap<String, u64>>>);
 

@@ -175,7 +175,12 @@ impl PhysMem {
         let mut a = pa;
         while a < pa + len {
             if a.is_multiple_of(8) && a + 8 <= pa + len {
-                self.word(a).store(0, Ordering::Release);
+                // Only words that are not zero yet are written: RAM never touched reads
+                // as zero without the host committing the page.
+                let w = self.word(a);
+                if w.load(Ordering::Relaxed) != 0 {
+                    w.store(0, Ordering::Release);
+                }
                 a += 8;
             } else {
                 let shift = (a & 7) * 8;

@@ -50,8 +50,6 @@ pub struct RunConfig {
     pub inject: Injection,
     /// Keep the full trace.
     pub trace: bool,
-    /// Baton spin (see [`SimConfig::spin`]); 0 keeps the default.
-    pub spin: u32,
 }
 
 /// A simulated system built from a description.
@@ -169,17 +167,13 @@ impl System {
     ) -> Result<System, String> {
         desc.validate().map_err(|e| e.0)?;
         let (iommu, pasid) = server_configs(&desc)?;
-        let mut sc = SimConfig {
+        let sim = Sim::new(SimConfig {
             seed: config.seed,
             ram_bytes: desc.ram_bytes as usize,
             inject: config.inject.clone(),
             trace: config.trace,
             ..SimConfig::default()
-        };
-        if config.spin != 0 {
-            sc.spin = config.spin;
-        }
-        let sim = Sim::new(sc);
+        });
         let mut units = BTreeMap::new();
         for i in &desc.iommus {
             let u = sim.add_iommu(&i.name, hw::machine_unit(i.kind, sim.phys()));

@@ -229,7 +229,6 @@ fn traced_run(kind: IommuKind, seed: u64) -> (u64, Vec<sim::Note>, Vec<InitEvent
                 reorder_per_mille: 300,
             },
             trace: true,
-            ..RunConfig::default()
         },
     )
     .unwrap();
