@@ -94,6 +94,21 @@ pub struct DmaJob {
     pub repeat: u32,
 }
 
+impl DmaJob {
+    /// One transfer of `len` bytes at `iova`, from the start of the device's buffer,
+    /// without a PASID and without repeats.
+    pub const fn new(direction: DmaDirection, iova: u64, len: u64) -> Self {
+        Self {
+            direction,
+            iova,
+            len,
+            buffer_offset: 0,
+            pasid: None,
+            repeat: 0,
+        }
+    }
+}
+
 /// An access the IOMMU blocked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmaFault {

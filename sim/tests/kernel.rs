@@ -7,7 +7,8 @@ use sim::machine::{
     Access, DmaDirection, DmaFault, DmaJob, DmaRequest, IommuUnit, JobStatus, RegisterIo,
 };
 use sim::{
-    DeathCause, Exit, Grant, Injection, KillPoint, Note, RecvKind, Rights, Sim, SimConfig, SysError,
+    CPtr, Ctx, DeathCause, Exit, Grant, Injection, KillPoint, Note, Object, Received, RecvKind,
+    Rights, RunReport, Sim, SimConfig, SysError,
 };
 
 fn config(seed: u64) -> SimConfig {
@@ -18,7 +19,7 @@ fn config(seed: u64) -> SimConfig {
     }
 }
 
-fn grant<'a>(name: &'a str, object: sim::Object, badge: u64, rights: Rights) -> Grant<'a> {
+fn grant<'a>(name: &'a str, object: Object, badge: u64, rights: Rights) -> Grant<'a> {
     Grant {
         name,
         object,
@@ -29,9 +30,108 @@ fn grant<'a>(name: &'a str, object: sim::Object, badge: u64, rights: Rights) -> 
 
 type Log = Arc<Mutex<Vec<String>>>;
 
+/// A configuration whose injection kills one process at `kill`.
+fn config_killing(seed: u64, kill: KillPoint) -> SimConfig {
+    SimConfig {
+        inject: Injection {
+            kills: vec![kill],
+            ..Injection::default()
+        },
+        ..config(seed)
+    }
+}
+
+/// Fails the test with the run's problems if it had any.
+#[track_caller]
+fn assert_no_problems(r: &RunReport) {
+    assert!(r.problems().is_empty(), "{:?}", r.problems());
+}
+
+/// Spawns the root process; `body` gets its context and its untyped memory.
+fn spawn_root(sim: &Sim, body: impl FnOnce(Ctx, CPtr) + Send + 'static) {
+    sim.spawn_root(
+        "root",
+        Box::new(move |ctx| {
+            let ut = ctx.lookup("untyped").unwrap();
+            body(ctx, ut)
+        }),
+    );
+}
+
+/// Spawns `name` holding the one capability `cap`; `body` gets its context and that
+/// capability's slot.
+fn spawn_holding(
+    sim: &Sim,
+    name: &str,
+    daemon: bool,
+    cap: Grant<'_>,
+    body: impl FnOnce(Ctx, CPtr) + Send + 'static,
+) {
+    let cap_name = cap.name.to_string();
+    sim.spawn(
+        name,
+        daemon,
+        &[cap],
+        Box::new(move |ctx| {
+            let slot = ctx.lookup(&cap_name).unwrap();
+            body(ctx, slot)
+        }),
+    );
+}
+
+/// Spawns a daemon `name` holding `ep` with the read right; `body` gets its context and
+/// the endpoint's slot.
+fn spawn_server_on(
+    sim: &Sim,
+    name: &str,
+    ep: Object,
+    body: impl FnOnce(Ctx, CPtr) + Send + 'static,
+) {
+    spawn_holding(sim, name, true, grant("ep", ep, 0, Rights::READ), body);
+}
+
+/// Spawns `name` holding `ep` with `badge` and the write right; `body` gets its context
+/// and the endpoint's slot.
+fn spawn_client_of(
+    sim: &Sim,
+    name: &str,
+    ep: Object,
+    badge: u64,
+    body: impl FnOnce(Ctx, CPtr) + Send + 'static,
+) {
+    spawn_holding(
+        sim,
+        name,
+        false,
+        grant("ep", ep, badge, Rights::WRITE),
+        body,
+    );
+}
+
+/// A daemon `server` holding `ep` with the read right that receives forever, logs
+/// `record(message)` and replies with nothing.
+fn spawn_recording_server(sim: &Sim, ep: Object, log: Log, record: fn(&Received) -> String) {
+    spawn_server_on(sim, "server", ep, move |ctx, ep| loop {
+        let m = ctx.recv(ep).unwrap();
+        log.lock().unwrap().push(record(&m));
+        ctx.reply(&[], &[]).unwrap();
+    });
+}
+
+/// The step at which the process `name` died.
+fn death_step(r: &RunReport, name: &str) -> u64 {
+    r.notes
+        .iter()
+        .find_map(|n| match n {
+            Note::Died { step, name: n, .. } if n == name => Some(*step),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no death of `{name}` in {:?}", r.notes))
+}
+
 /// Three clients call an echo server `calls` times each; returns the order in which the
 /// server saw them and the run's trace hash.
-fn echo_system(seed: u64, calls: u32, inject: Injection) -> (Vec<String>, sim::RunReport) {
+fn echo_system(seed: u64, calls: u32, inject: Injection) -> (Vec<String>, RunReport) {
     let sim = Sim::new(SimConfig {
         inject,
         ..config(seed)
@@ -39,35 +139,23 @@ fn echo_system(seed: u64, calls: u32, inject: Injection) -> (Vec<String>, sim::R
     let ep = sim.endpoint("echo");
     let log: Log = Arc::default();
     let l = log.clone();
-    sim.spawn(
-        "server",
-        true,
-        &[grant("ep", ep, 0, Rights::READ)],
-        Box::new(move |ctx| {
-            let ep = ctx.lookup("ep").unwrap();
-            let mut m = ctx.recv(ep).unwrap();
-            loop {
-                l.lock()
-                    .unwrap()
-                    .push(format!("{}:{}", m.badge, m.bytes[0]));
-                let reply = [m.bytes[0].wrapping_add(1)];
-                m = ctx.reply_recv(ep, &reply, &[]).unwrap();
-            }
-        }),
-    );
+    spawn_server_on(&sim, "server", ep, move |ctx, ep| {
+        let mut m = ctx.recv(ep).unwrap();
+        loop {
+            l.lock()
+                .unwrap()
+                .push(format!("{}:{}", m.badge, m.bytes[0]));
+            let reply = [m.bytes[0].wrapping_add(1)];
+            m = ctx.reply_recv(ep, &reply, &[]).unwrap();
+        }
+    });
     for c in 1..=3u64 {
-        sim.spawn(
-            &format!("client{c}"),
-            false,
-            &[grant("ep", ep, c, Rights::WRITE)],
-            Box::new(move |ctx| {
-                let ep = ctx.lookup("ep").unwrap();
-                for i in 0..calls {
-                    let r = ctx.call(ep, &[i as u8], &[]).unwrap();
-                    assert_eq!(r.bytes, [i as u8 + 1]);
-                }
-            }),
-        );
+        spawn_client_of(&sim, &format!("client{c}"), ep, c, move |ctx, ep| {
+            for i in 0..calls {
+                let r = ctx.call(ep, &[i as u8], &[]).unwrap();
+                assert_eq!(r.bytes, [i as u8 + 1]);
+            }
+        });
     }
     let report = sim.run();
     let seen = log.lock().unwrap().clone();
@@ -78,7 +166,7 @@ fn echo_system(seed: u64, calls: u32, inject: Injection) -> (Vec<String>, sim::R
 fn same_seed_same_trace_different_seeds_different_interleavings() {
     let (seen_a, a) = echo_system(42, 5, Injection::default());
     let (seen_b, b) = echo_system(42, 5, Injection::default());
-    assert!(a.problems().is_empty(), "{:?}", a.problems());
+    assert_no_problems(&a);
     assert_eq!(a.trace, b.trace);
     assert_eq!(a.trace_hash, b.trace_hash);
     assert_eq!(seen_a, seen_b);
@@ -118,7 +206,7 @@ fn delays_and_reordering_keep_each_senders_order_and_lose_nothing() {
     let mut differs = false;
     for seed in 0..20 {
         let (seen, report) = echo_system(seed, 6, inject.clone());
-        assert!(report.problems().is_empty(), "{:?}", report.problems());
+        assert_no_problems(&report);
         assert_eq!(seen.len(), 18);
         for c in 1..=3 {
             let mine: Vec<String> = seen
@@ -139,22 +227,9 @@ fn badges_are_fixed_by_the_minter_and_cannot_be_forged() {
     let sim = Sim::new(config(1));
     let ep = sim.endpoint("svc");
     let seen: Log = Arc::default();
-    let s = seen.clone();
-    sim.spawn(
-        "server",
-        true,
-        &[grant("ep", ep, 0, Rights::READ)],
-        Box::new(move |ctx| {
-            let ep = ctx.lookup("ep").unwrap();
-            loop {
-                let m = ctx.recv(ep).unwrap();
-                s.lock()
-                    .unwrap()
-                    .push(format!("{:#x} {:?}", m.badge, m.bytes));
-                ctx.reply(&[], &[]).unwrap();
-            }
-        }),
-    );
+    spawn_recording_server(&sim, ep, seen.clone(), |m| {
+        format!("{:#x} {:?}", m.badge, m.bytes)
+    });
     sim.spawn(
         "client",
         false,
@@ -186,7 +261,7 @@ fn badges_are_fixed_by_the_minter_and_cannot_be_forged() {
         }),
     );
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     assert_eq!(
         *seen.lock().unwrap(),
         vec!["0xa [120]".to_string(), "0xc [121]".to_string()]
@@ -199,27 +274,19 @@ fn frame_capabilities_travel_with_calls_and_only_holders_touch_frames() {
     let ep = sim.endpoint("svc");
     let frame = sim.frame(1).unwrap();
     let other = sim.frame(1).unwrap();
-    sim.spawn(
-        "server",
-        true,
-        &[grant("ep", ep, 0, Rights::READ)],
-        Box::new(move |ctx| {
-            let ep = ctx.lookup("ep").unwrap();
-            loop {
-                let m = ctx.recv(ep).unwrap();
-                let mut buf = [0u8; 5];
-                let reply = match m.caps.as_slice() {
-                    [f] => {
-                        ctx.frame_read(*f, 100, &mut buf).unwrap();
-                        ctx.frame_write(*f, 200, b"seen").unwrap();
-                        buf.to_vec()
-                    }
-                    _ => b"none".to_vec(),
-                };
-                ctx.reply(&reply, &[]).unwrap();
+    spawn_server_on(&sim, "server", ep, move |ctx, ep| loop {
+        let m = ctx.recv(ep).unwrap();
+        let mut buf = [0u8; 5];
+        let reply = match m.caps.as_slice() {
+            [f] => {
+                ctx.frame_read(*f, 100, &mut buf).unwrap();
+                ctx.frame_write(*f, 200, b"seen").unwrap();
+                buf.to_vec()
             }
-        }),
-    );
+            _ => b"none".to_vec(),
+        };
+        ctx.reply(&reply, &[]).unwrap();
+    });
     sim.spawn(
         "client",
         false,
@@ -248,7 +315,7 @@ fn frame_capabilities_travel_with_calls_and_only_holders_touch_frames() {
         }),
     );
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
 }
 
 #[test]
@@ -259,95 +326,84 @@ fn killing_a_process_frees_what_only_it_held_and_tells_its_supervisor() {
     let sim = Sim::new(config(5));
     let log: Log = Arc::default();
     let l = log.clone();
-    sim.spawn_root(
-        "root",
-        Box::new(move |ctx| {
-            let ut = ctx.lookup("untyped").unwrap();
-            let ep = ctx.create_endpoint(ut, "svc").unwrap();
-            let faults = ctx.create_endpoint(ut, "faults").unwrap();
-            let go = ctx.create_notification(ut, "go").unwrap();
-            let back = ctx.create_notification(ut, "back").unwrap();
-            let frame = ctx.create_frame(ut, 1).unwrap();
-            let server = ctx
-                .create_process(
-                    ut,
-                    "server",
-                    true,
-                    Box::new(|ctx| {
-                        let ep = ctx.lookup("ep").unwrap();
-                        let m = ctx.recv(ep).unwrap();
-                        let f = m.caps[0];
-                        ctx.reply(b"ok", &[]).unwrap();
-                        let _second = ctx.recv(ep).unwrap();
-                        ctx.signal(ctx.lookup("go").unwrap()).unwrap();
-                        ctx.wait(ctx.lookup("back").unwrap()).unwrap();
-                        ctx.reply(b"late", &[]).unwrap();
-                        ctx.delete(f).unwrap();
-                        loop {
-                            ctx.recv(ep).unwrap();
-                        }
-                    }),
-                )
-                .unwrap();
-            ctx.give(server, ep, "ep", None, Rights::READ).unwrap();
-            ctx.give(server, go, "go", Some(1), Rights::WRITE).unwrap();
-            ctx.give(server, back, "back", None, Rights::READ).unwrap();
-            let client = ctx
-                .create_process(
-                    ut,
-                    "client",
-                    false,
-                    Box::new(|ctx| {
-                        let ep = ctx.lookup("ep").unwrap();
-                        let f = ctx.lookup("frame").unwrap();
-                        ctx.call(ep, b"1", &[f]).unwrap();
-                        ctx.call(ep, b"2", &[]).unwrap();
-                        unreachable!("killed while waiting for the reply");
-                    }),
-                )
-                .unwrap();
-            ctx.give(client, ep, "ep", Some(0x77), Rights::WRITE | Rights::GRANT)
-                .unwrap();
-            ctx.give(client, frame, "frame", None, Rights::RW).unwrap();
-            let badged = ctx.mint(faults, 0xC1, Rights::WRITE).unwrap();
-            ctx.set_fault_handler(client, badged).unwrap();
-            // The root keeps no capability to the frame.
-            ctx.delete(frame).unwrap();
-            ctx.start(server).unwrap();
-            ctx.start(client).unwrap();
-            ctx.wait(go).unwrap();
-            ctx.kill(client).unwrap();
-            let m = ctx.recv(faults).unwrap();
-            l.lock().unwrap().push(format!(
-                "death of {:#x}: {:?}",
-                m.badge,
-                DeathCause::decode(&m.bytes).unwrap()
-            ));
-            // Giving to a dead process is refused; killing it again is harmless.
-            assert_eq!(
-                ctx.give(client, ep, "again", None, Rights::WRITE),
-                Err(SysError::IllegalOperation)
-            );
-            ctx.kill(client).unwrap();
-            let back_w = ctx.mint(back, 1, Rights::WRITE).unwrap();
-            ctx.signal(back_w).unwrap();
-        }),
-    );
+    spawn_root(&sim, move |ctx, ut| {
+        let ep = ctx.create_endpoint(ut, "svc").unwrap();
+        let faults = ctx.create_endpoint(ut, "faults").unwrap();
+        let go = ctx.create_notification(ut, "go").unwrap();
+        let back = ctx.create_notification(ut, "back").unwrap();
+        let frame = ctx.create_frame(ut, 1).unwrap();
+        let server = ctx
+            .create_process(
+                ut,
+                "server",
+                true,
+                Box::new(|ctx| {
+                    let ep = ctx.lookup("ep").unwrap();
+                    let m = ctx.recv(ep).unwrap();
+                    let f = m.caps[0];
+                    ctx.reply(b"ok", &[]).unwrap();
+                    let _second = ctx.recv(ep).unwrap();
+                    ctx.signal(ctx.lookup("go").unwrap()).unwrap();
+                    ctx.wait(ctx.lookup("back").unwrap()).unwrap();
+                    ctx.reply(b"late", &[]).unwrap();
+                    ctx.delete(f).unwrap();
+                    loop {
+                        ctx.recv(ep).unwrap();
+                    }
+                }),
+            )
+            .unwrap();
+        ctx.give(server, ep, "ep", None, Rights::READ).unwrap();
+        ctx.give(server, go, "go", Some(1), Rights::WRITE).unwrap();
+        ctx.give(server, back, "back", None, Rights::READ).unwrap();
+        let client = ctx
+            .create_process(
+                ut,
+                "client",
+                false,
+                Box::new(|ctx| {
+                    let ep = ctx.lookup("ep").unwrap();
+                    let f = ctx.lookup("frame").unwrap();
+                    ctx.call(ep, b"1", &[f]).unwrap();
+                    ctx.call(ep, b"2", &[]).unwrap();
+                    unreachable!("killed while waiting for the reply");
+                }),
+            )
+            .unwrap();
+        ctx.give(client, ep, "ep", Some(0x77), Rights::WRITE | Rights::GRANT)
+            .unwrap();
+        ctx.give(client, frame, "frame", None, Rights::RW).unwrap();
+        let badged = ctx.mint(faults, 0xC1, Rights::WRITE).unwrap();
+        ctx.set_fault_handler(client, badged).unwrap();
+        // The root keeps no capability to the frame.
+        ctx.delete(frame).unwrap();
+        ctx.start(server).unwrap();
+        ctx.start(client).unwrap();
+        ctx.wait(go).unwrap();
+        ctx.kill(client).unwrap();
+        let m = ctx.recv(faults).unwrap();
+        l.lock().unwrap().push(format!(
+            "death of {:#x}: {:?}",
+            m.badge,
+            DeathCause::decode(&m.bytes).unwrap()
+        ));
+        // Giving to a dead process is refused; killing it again is harmless.
+        assert_eq!(
+            ctx.give(client, ep, "again", None, Rights::WRITE),
+            Err(SysError::IllegalOperation)
+        );
+        ctx.kill(client).unwrap();
+        let back_w = ctx.mint(back, 1, Rights::WRITE).unwrap();
+        ctx.signal(back_w).unwrap();
+    });
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     assert!(matches!(r.exit_of("client"), Some(Exit::Killed { .. })));
     assert_eq!(
         *log.lock().unwrap(),
         vec!["death of 0xc1: Killed".to_string()]
     );
-    let died = r
-        .notes
-        .iter()
-        .find_map(|n| match n {
-            Note::Died { step, name, .. } if name == "client" => Some(*step),
-            _ => None,
-        })
-        .unwrap();
+    let died = death_step(&r, "client");
     let freed: Vec<u64> = r
         .notes
         .iter()
@@ -362,56 +418,27 @@ fn killing_a_process_frees_what_only_it_held_and_tells_its_supervisor() {
 
 #[test]
 fn a_kill_at_an_entry_stops_that_system_call() {
-    let sim = Sim::new(SimConfig {
-        inject: Injection {
-            kills: vec![KillPoint::AtEntry {
-                process: "client".into(),
-                entry: 3,
-            }],
-            ..Injection::default()
+    let sim = Sim::new(config_killing(
+        21,
+        KillPoint::AtEntry {
+            process: "client".into(),
+            entry: 3,
         },
-        ..config(21)
-    });
+    ));
     let ep = sim.endpoint("svc");
     let log: Log = Arc::default();
-    let l = log.clone();
-    sim.spawn(
-        "server",
-        true,
-        &[grant("ep", ep, 0, Rights::READ)],
-        Box::new(move |ctx| {
-            let ep = ctx.lookup("ep").unwrap();
-            loop {
-                let m = ctx.recv(ep).unwrap();
-                l.lock().unwrap().push(format!("{:?}", m.bytes));
-                ctx.reply(&[], &[]).unwrap();
-            }
-        }),
-    );
-    sim.spawn(
-        "client",
-        false,
-        &[grant("ep", ep, 1, Rights::WRITE)],
-        Box::new(|ctx| {
-            let ep = ctx.lookup("ep").unwrap();
-            for i in 0..5u8 {
-                ctx.call(ep, &[i], &[]).unwrap();
-            }
-        }),
-    );
+    spawn_recording_server(&sim, ep, log.clone(), |m| format!("{:?}", m.bytes));
+    spawn_client_of(&sim, "client", ep, 1, |ctx, ep| {
+        for i in 0..5u8 {
+            ctx.call(ep, &[i], &[]).unwrap();
+        }
+    });
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     assert_eq!(
         r.exit_of("client"),
         Some(&Exit::Killed {
-            step: r
-                .notes
-                .iter()
-                .find_map(|n| match n {
-                    Note::Died { step, .. } => Some(*step),
-                    _ => None,
-                })
-                .unwrap()
+            step: death_step(&r, "client")
         })
     );
     assert_eq!(
@@ -422,16 +449,13 @@ fn a_kill_at_an_entry_stops_that_system_call() {
 
 #[test]
 fn a_killed_sender_leaves_the_queue_and_its_message_is_never_delivered() {
-    let sim = Sim::new(SimConfig {
-        inject: Injection {
-            kills: vec![KillPoint::AtStep {
-                process: "late".into(),
-                step: 6,
-            }],
-            ..Injection::default()
+    let sim = Sim::new(config_killing(
+        11,
+        KillPoint::AtStep {
+            process: "late".into(),
+            step: 6,
         },
-        ..config(11)
-    });
+    ));
     let ep = sim.endpoint("svc");
     let gate = sim.notification("gate");
     let log: Log = Arc::default();
@@ -477,7 +501,7 @@ fn a_killed_sender_leaves_the_queue_and_its_message_is_never_delivered() {
         }),
     );
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     assert!(matches!(r.exit_of("late"), Some(Exit::Killed { step: 6 })));
     assert_eq!(*log.lock().unwrap(), vec!["0x2".to_string()]);
 }
@@ -569,7 +593,7 @@ fn notifications_and_bound_notifications() {
         }),
     );
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     let log = log.lock().unwrap().clone();
     assert_eq!(log[0], "Call 0x5");
     assert!(log.contains(&"Notification 0x10".to_string()), "{log:?}");
@@ -590,23 +614,17 @@ fn a_non_blocking_send_reaches_only_a_waiting_receiver() {
     let nobody = sim.endpoint("nobody");
     let log: Log = Arc::default();
     let l = log.clone();
-    sim.spawn(
-        "server",
-        true,
-        &[grant("ep", ep, 0, Rights::READ)],
-        Box::new(move |ctx| {
-            let ep = ctx.lookup("ep").unwrap();
+    spawn_server_on(&sim, "server", ep, move |ctx, ep| {
+        ctx.recv(ep).unwrap();
+        // Replies and waits in one kernel entry: the caller finds it waiting.
+        let m = ctx.reply_recv(ep, b"", &[]).unwrap();
+        l.lock()
+            .unwrap()
+            .push(format!("{:?} {:?}", m.kind, m.bytes));
+        loop {
             ctx.recv(ep).unwrap();
-            // Replies and waits in one kernel entry: the caller finds it waiting.
-            let m = ctx.reply_recv(ep, b"", &[]).unwrap();
-            l.lock()
-                .unwrap()
-                .push(format!("{:?} {:?}", m.kind, m.bytes));
-            loop {
-                ctx.recv(ep).unwrap();
-            }
-        }),
-    );
+        }
+    });
     sim.spawn(
         "client",
         false,
@@ -626,7 +644,7 @@ fn a_non_blocking_send_reaches_only_a_waiting_receiver() {
         }),
     );
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     assert_eq!(*log.lock().unwrap(), vec!["Send [104, 105]".to_string()]);
 }
 
@@ -718,14 +736,7 @@ fn devices_dma_through_their_iommu_and_faults_raise_its_interrupt() {
             assert_eq!(ctx.device_info(dev).unwrap().stream, 0x42);
             let data: Vec<u8> = (0..0x1800u32).map(|i| (i * 7) as u8).collect();
             ctx.device_write(dev, 0, &data).unwrap();
-            let job = DmaJob {
-                direction: DmaDirection::ToMemory,
-                iova: pa + 0x400,
-                len: 0x1800,
-                buffer_offset: 0,
-                pasid: None,
-                repeat: 0,
-            };
+            let job = DmaJob::new(DmaDirection::ToMemory, pa + 0x400, 0x1800);
             let id = ctx.device_submit(dev, job).unwrap();
             assert_eq!(ctx.wait(done).unwrap(), 1);
             let mut back = vec![0u8; 0x1800];
@@ -775,7 +786,7 @@ fn devices_dma_through_their_iommu_and_faults_raise_its_interrupt() {
         }),
     );
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     let results = results.lock().unwrap().clone();
     assert_eq!(results.len(), 3);
     assert_eq!(results[0].result, Ok(()));
@@ -813,12 +824,8 @@ fn dma_into_freed_memory_is_reported() {
             ctx.device_submit(
                 ctx.lookup("dev").unwrap(),
                 DmaJob {
-                    direction: DmaDirection::ToMemory,
-                    iova: pa,
-                    len: 0x1000,
-                    buffer_offset: 0,
-                    pasid: None,
                     repeat: 50,
+                    ..DmaJob::new(DmaDirection::ToMemory, pa, 0x1000)
                 },
             )
             .unwrap();
@@ -842,63 +849,51 @@ fn the_pasid_server_request_loop_runs_unchanged_as_a_process() {
 
     let sim = Sim::new(config(6));
     let ep = sim.endpoint("pasid");
-    sim.spawn(
-        "pasid-server",
-        true,
-        &[grant("ep", ep, 0, Rights::READ)],
-        Box::new(|ctx| {
-            let mut server = PasidServer::new(Config {
-                max_pasid: PASID_MAX,
-                callers: vec![CallerPolicy {
-                    badge: 0x5,
-                    max_live: 4,
-                    max_sets: 2,
-                    admin: false,
-                }],
-            })
-            .unwrap();
-            let ep = ctx.lookup("ep").unwrap();
-            let why = server.serve(&mut SimServer::new(ctx, ep));
-            panic!("serve ended: {why:?}");
-        }),
-    );
+    spawn_server_on(&sim, "pasid-server", ep, |ctx, ep| {
+        let mut server = PasidServer::new(Config {
+            max_pasid: PASID_MAX,
+            callers: vec![CallerPolicy {
+                badge: 0x5,
+                max_live: 4,
+                max_sets: 2,
+                admin: false,
+            }],
+        })
+        .unwrap();
+        let why = server.serve(&mut SimServer::new(ctx, ep));
+        panic!("serve ended: {why:?}");
+    });
     for (name, badge) in [("caller", 0x5), ("stranger", 0x6)] {
-        sim.spawn(
-            name,
-            false,
-            &[grant("ep", ep, badge, Rights::WRITE)],
-            Box::new(move |ctx| {
-                let ep = ctx.lookup("ep").unwrap();
-                let mut c = SimClient::new(ctx, ep);
-                let r: Result<PasidReply, CallError<SysError>> =
-                    call(&mut c, &PasidRequest::CreateSet { owner: 1, quota: 2 });
-                if badge == 0x5 {
-                    let Ok(PasidReply::SetCreated { set }) = r else {
-                        panic!("{r:?}")
-                    };
-                    let a: PasidReply = call(
-                        &mut c,
-                        &PasidRequest::Alloc {
-                            set,
-                            range: Default::default(),
-                        },
-                    )
-                    .unwrap();
-                    assert_eq!(
-                        a,
-                        PasidReply::Allocated {
-                            pasid: 1,
-                            new: true
-                        }
-                    );
-                } else {
-                    assert_eq!(r, Err(CallError::Server(ipc_protocol::Error::Denied)));
-                }
-            }),
-        );
+        spawn_client_of(&sim, name, ep, badge, move |ctx, ep| {
+            let mut c = SimClient::new(ctx, ep);
+            let r: Result<PasidReply, CallError<SysError>> =
+                call(&mut c, &PasidRequest::CreateSet { owner: 1, quota: 2 });
+            if badge == 0x5 {
+                let Ok(PasidReply::SetCreated { set }) = r else {
+                    panic!("{r:?}")
+                };
+                let a: PasidReply = call(
+                    &mut c,
+                    &PasidRequest::Alloc {
+                        set,
+                        range: Default::default(),
+                    },
+                )
+                .unwrap();
+                assert_eq!(
+                    a,
+                    PasidReply::Allocated {
+                        pasid: 1,
+                        new: true
+                    }
+                );
+            } else {
+                assert_eq!(r, Err(CallError::Server(ipc_protocol::Error::Denied)));
+            }
+        });
     }
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     assert_eq!(r.waiting.len(), 1);
 }
 
@@ -907,33 +902,29 @@ fn a_panicking_process_is_a_fault_its_supervisor_hears_of() {
     let sim = Sim::new(config(13));
     let log: Log = Arc::default();
     let l = log.clone();
-    sim.spawn_root(
-        "root",
-        Box::new(move |ctx| {
-            let ut = ctx.lookup("untyped").unwrap();
-            let faults = ctx.create_endpoint(ut, "faults").unwrap();
-            let child = ctx
-                .create_process(
-                    ut,
-                    "child",
-                    false,
-                    Box::new(|ctx| {
-                        ctx.yield_now();
-                        panic!("boom");
-                    }),
-                )
-                .unwrap();
-            let f = ctx.mint(faults, 9, Rights::WRITE).unwrap();
-            ctx.set_fault_handler(child, f).unwrap();
-            ctx.start(child).unwrap();
-            // Starting twice is refused.
-            assert_eq!(ctx.start(child), Err(SysError::IllegalOperation));
-            let m = ctx.recv(faults).unwrap();
-            l.lock()
-                .unwrap()
-                .push(format!("{} {:?}", m.badge, DeathCause::decode(&m.bytes)));
-        }),
-    );
+    spawn_root(&sim, move |ctx, ut| {
+        let faults = ctx.create_endpoint(ut, "faults").unwrap();
+        let child = ctx
+            .create_process(
+                ut,
+                "child",
+                false,
+                Box::new(|ctx| {
+                    ctx.yield_now();
+                    panic!("boom");
+                }),
+            )
+            .unwrap();
+        let f = ctx.mint(faults, 9, Rights::WRITE).unwrap();
+        ctx.set_fault_handler(child, f).unwrap();
+        ctx.start(child).unwrap();
+        // Starting twice is refused.
+        assert_eq!(ctx.start(child), Err(SysError::IllegalOperation));
+        let m = ctx.recv(faults).unwrap();
+        l.lock()
+            .unwrap()
+            .push(format!("{} {:?}", m.badge, DeathCause::decode(&m.bytes)));
+    });
     let r = sim.run();
     assert_eq!(*log.lock().unwrap(), vec!["9 Some(Faulted)".to_string()]);
     assert_eq!(r.exit_of("child"), Some(&Exit::Panicked("boom".into())));
@@ -955,46 +946,42 @@ fn a_killed_process_unwinds_when_next_resumed_without_kernel_service() {
     let sim = Sim::new(config(21));
     let log: Log = Arc::default();
     let l = log.clone();
-    sim.spawn_root(
-        "root",
-        Box::new(move |ctx| {
-            let ut = ctx.lookup("untyped").unwrap();
-            let ep = ctx.create_endpoint(ut, "nobody-sends").unwrap();
-            let up = ctx.create_notification(ut, "up").unwrap();
-            let lv = l.clone();
-            let victim = ctx
-                .create_process(
-                    ut,
-                    "victim",
-                    false,
-                    Box::new(move |ctx| {
-                        struct Probe(sim::Ctx, sim::CPtr, Log);
-                        impl Drop for Probe {
-                            fn drop(&mut self) {
-                                // Its destructors run, but the kernel no longer serves it.
-                                let r = self.0.identify(self.1);
-                                self.2.lock().unwrap().push(format!("identify {r:?}"));
-                            }
+    spawn_root(&sim, move |ctx, ut| {
+        let ep = ctx.create_endpoint(ut, "nobody-sends").unwrap();
+        let up = ctx.create_notification(ut, "up").unwrap();
+        let lv = l.clone();
+        let victim = ctx
+            .create_process(
+                ut,
+                "victim",
+                false,
+                Box::new(move |ctx| {
+                    struct Probe(sim::Ctx, sim::CPtr, Log);
+                    impl Drop for Probe {
+                        fn drop(&mut self) {
+                            // Its destructors run, but the kernel no longer serves it.
+                            let r = self.0.identify(self.1);
+                            self.2.lock().unwrap().push(format!("identify {r:?}"));
                         }
-                        let ep = ctx.lookup("ep").unwrap();
-                        let _guard = Unwound("victim", lv.clone());
-                        let _probe = Probe(ctx.clone(), ep, lv.clone());
-                        ctx.signal(ctx.lookup("up").unwrap()).unwrap();
-                        let _ = ctx.recv(ep);
-                        lv.lock().unwrap().push("victim went on".into());
-                    }),
-                )
-                .unwrap();
-            ctx.give(victim, ep, "ep", None, Rights::READ).unwrap();
-            ctx.give(victim, up, "up", Some(1), Rights::WRITE).unwrap();
-            ctx.start(victim).unwrap();
-            ctx.wait(up).unwrap();
-            l.lock().unwrap().push("kill".into());
-            ctx.kill(victim).unwrap();
-        }),
-    );
+                    }
+                    let ep = ctx.lookup("ep").unwrap();
+                    let _guard = Unwound("victim", lv.clone());
+                    let _probe = Probe(ctx.clone(), ep, lv.clone());
+                    ctx.signal(ctx.lookup("up").unwrap()).unwrap();
+                    let _ = ctx.recv(ep);
+                    lv.lock().unwrap().push("victim went on".into());
+                }),
+            )
+            .unwrap();
+        ctx.give(victim, ep, "ep", None, Rights::READ).unwrap();
+        ctx.give(victim, up, "up", Some(1), Rights::WRITE).unwrap();
+        ctx.start(victim).unwrap();
+        ctx.wait(up).unwrap();
+        l.lock().unwrap().push("kill".into());
+        ctx.kill(victim).unwrap();
+    });
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     assert!(matches!(r.exit_of("victim"), Some(Exit::Killed { .. })));
     assert_eq!(
         *log.lock().unwrap(),
@@ -1013,32 +1000,28 @@ fn a_process_killed_before_it_ever_ran_only_drops_its_program() {
         let sim = Sim::new(config(seed));
         let log: Log = Arc::default();
         let l = log.clone();
-        sim.spawn_root(
-            "root",
-            Box::new(move |ctx| {
-                let ut = ctx.lookup("untyped").unwrap();
-                let guard = Unwound("child", l.clone());
-                let lc = l.clone();
-                let child = ctx
-                    .create_process(
-                        ut,
-                        "child",
-                        false,
-                        Box::new(move |ctx| {
-                            let _guard = guard;
-                            lc.lock().unwrap().push("child ran".into());
-                            loop {
-                                ctx.yield_now();
-                            }
-                        }),
-                    )
-                    .unwrap();
-                ctx.start(child).unwrap();
-                ctx.kill(child).unwrap();
-            }),
-        );
+        spawn_root(&sim, move |ctx, ut| {
+            let guard = Unwound("child", l.clone());
+            let lc = l.clone();
+            let child = ctx
+                .create_process(
+                    ut,
+                    "child",
+                    false,
+                    Box::new(move |ctx| {
+                        let _guard = guard;
+                        lc.lock().unwrap().push("child ran".into());
+                        loop {
+                            ctx.yield_now();
+                        }
+                    }),
+                )
+                .unwrap();
+            ctx.start(child).unwrap();
+            ctx.kill(child).unwrap();
+        });
         let r = sim.run();
-        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        assert_no_problems(&r);
         assert!(matches!(r.exit_of("child"), Some(Exit::Killed { .. })));
         let got = log.lock().unwrap().clone();
         if got == ["child unwound"] {
@@ -1056,20 +1039,14 @@ fn shutdown_unwinds_the_processes_still_waiting() {
     let ep = sim.endpoint("nobody-sends");
     let log: Log = Arc::default();
     let l = log.clone();
-    sim.spawn(
-        "server",
-        true,
-        &[grant("ep", ep, 0, Rights::READ)],
-        Box::new(move |ctx| {
-            let _guard = Unwound("server", l);
-            let ep = ctx.lookup("ep").unwrap();
-            loop {
-                let _ = ctx.recv(ep);
-            }
-        }),
-    );
+    spawn_server_on(&sim, "server", ep, move |ctx, ep| {
+        let _guard = Unwound("server", l);
+        loop {
+            let _ = ctx.recv(ep);
+        }
+    });
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     assert_eq!(r.waiting.len(), 1);
     assert!(log.lock().unwrap().is_empty());
     sim.shutdown();
@@ -1085,18 +1062,12 @@ thread_local! {
 fn a_ctx_serves_only_its_own_process() {
     let sim = Sim::new(config(8));
     let ep = sim.endpoint("nobody-sends");
-    sim.spawn(
-        "owner",
-        true,
-        &[grant("ep", ep, 0, Rights::READ)],
-        Box::new(|ctx| {
-            LEFT.with(|l| *l.borrow_mut() = Some(ctx.clone()));
-            let ep = ctx.lookup("ep").unwrap();
-            loop {
-                let _ = ctx.recv(ep);
-            }
-        }),
-    );
+    spawn_server_on(&sim, "owner", ep, |ctx, ep| {
+        LEFT.with(|l| *l.borrow_mut() = Some(ctx.clone()));
+        loop {
+            let _ = ctx.recv(ep);
+        }
+    });
     sim.spawn(
         "thief",
         false,
@@ -1145,6 +1116,6 @@ fn the_stack_size_is_configurable() {
         }),
     );
     let r = sim.run();
-    assert!(r.problems().is_empty(), "{:?}", r.problems());
+    assert_no_problems(&r);
     assert_eq!(*log.lock().unwrap(), ["7"]);
 }

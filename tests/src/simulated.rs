@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ipc_protocol::iommu::{
-    DeviceId, FaultQueueId, IoasId, IommuReply, IommuRequest, IovaPlacement, MemoryRef,
+    DeviceId, DeviceInfo, FaultQueueId, IoasId, IommuReply, IommuRequest, IovaPlacement, MemoryRef,
     PageResponseCode, Perm,
 };
 use ipc_protocol::records::{Fault, FaultKind};
@@ -359,17 +359,6 @@ fn common_checks(sys: &System, r: &RunReport) -> Result<(), String> {
 // Helpers for drivers.
 // ---------------------------------------------------------------------------------------
 
-fn job(direction: DmaDirection, iova: u64, len: u64) -> DmaJob {
-    DmaJob {
-        direction,
-        iova,
-        len,
-        buffer_offset: 0,
-        pasid: None,
-        repeat: 0,
-    }
-}
-
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut rng = SplitMix64::new(seed);
     (0..len).map(|_| rng.next_u64() as u8).collect()
@@ -393,6 +382,37 @@ fn setup(d: &mut Driver, dev: &str, frames: std::ops::Range<usize>) -> Setup {
         region,
         ioas,
     }
+}
+
+/// `region`, `offset` bytes in.
+fn region_at(region: u32, offset: u64) -> MemoryRef {
+    MemoryRef { region, offset }
+}
+
+/// Maps `length` bytes from the start of the setup's region read-write at `iova` in its
+/// IOAS, then attaches its device to that IOAS without a PASID; returns the IOVA.
+fn map_and_attach(d: &mut Driver, s: &Setup, iova: IovaPlacement, length: u64) -> u64 {
+    let iova = d
+        .map(s.ioas, iova, length, region_at(s.region, 0), Perm::RW)
+        .expect("map");
+    d.attach(s.device, None, s.ioas).expect("attach");
+    iova
+}
+
+/// What iommu-server says of `device`.
+fn query_device(d: &mut Driver, device: DeviceId) -> DeviceInfo {
+    match d.request(&IommuRequest::QueryDevice { device }) {
+        Ok(IommuReply::Info(i)) => i,
+        other => panic!("QueryDevice: {other:?}"),
+    }
+}
+
+/// Unless a driver was killed on purpose, every driver returned.
+fn drivers_finished(run: &Run, r: &RunReport) -> Result<(), String> {
+    if run.victim.is_none() && r.exits.iter().any(|(_, e)| *e != Exit::Returned) {
+        return Err(format!("a driver did not finish: {:?}", r.exits));
+    }
+    Ok(())
 }
 
 /// Takes records from `ring` until one satisfies `want` (waiting for the fault
@@ -443,25 +463,13 @@ fn copy_round_trip(run: &Run, dev: &'static str, rounds: u32) -> Entry {
     Box::new(move |ctx| {
         let mut d = Driver::new(ctx.clone());
         let s = setup(&mut d, dev, 0..2);
-        let iova = d
-            .map(
-                s.ioas,
-                IovaPlacement::Anywhere { align: 4096 },
-                8192,
-                MemoryRef {
-                    region: s.region,
-                    offset: 0,
-                },
-                Perm::RW,
-            )
-            .expect("map");
-        d.attach(s.device, None, s.ioas).expect("attach");
+        let iova = map_and_attach(&mut d, &s, IovaPlacement::Anywhere { align: 4096 }, 8192);
         for round in 0..rounds {
             let data = pattern(seed ^ u64::from(round) ^ dev.len() as u64, 4096);
             d.write(0, 0, &data);
-            d.dma(dev, job(DmaDirection::FromMemory, iova, 4096))
+            d.dma(dev, DmaJob::new(DmaDirection::FromMemory, iova, 4096))
                 .expect("DMA from memory");
-            d.dma(dev, job(DmaDirection::ToMemory, iova + 4096, 4096))
+            d.dma(dev, DmaJob::new(DmaDirection::ToMemory, iova + 4096, 4096))
                 .expect("DMA to memory");
             assert_eq!(
                 d.read(1, 0, 4096),
@@ -474,7 +482,7 @@ fn copy_round_trip(run: &Run, dev: &'static str, rounds: u32) -> Entry {
         board.put(&format!("rounds:{dev}"), u64::from(rounds));
         // Right past the mapping: blocked.
         assert_eq!(
-            d.dma(dev, job(DmaDirection::ToMemory, iova + 8192, 4096)),
+            d.dma(dev, DmaJob::new(DmaDirection::ToMemory, iova + 8192, 4096)),
             Err(DmaFault { iova: iova + 8192 })
         );
         // A region that is mapped cannot be taken back.
@@ -518,10 +526,7 @@ fn map_attach_dma_check(run: &Run, sys: &System, r: &RunReport) -> Result<(), St
             return Err(format!("no DMA of {dev} wrote {pa:#x}"));
         }
     }
-    if run.victim.is_none() && r.exits.iter().any(|(_, e)| *e != Exit::Returned) {
-        return Err(format!("a driver did not finish: {:?}", r.exits));
-    }
-    Ok(())
+    drivers_finished(run, r)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -570,7 +575,7 @@ fn device_capability_programs(run: &Run) -> Programs {
                     IommuRequest::AllocPasid { device },
                     IommuRequest::AllocFaultQueue {
                         device,
-                        ring: MemoryRef { region, offset: 0 },
+                        ring: region_at(region, 0),
                         depth: 4,
                     },
                 ] {
@@ -609,29 +614,17 @@ fn isolation_programs(run: &Run) -> Programs {
         Box::new(move |ctx| {
             let mut d = Driver::new(ctx.clone());
             let s = setup(&mut d, "dev-b", 0..2);
-            let iova = d
-                .map(
-                    s.ioas,
-                    IovaPlacement::Fixed(0x20_0000),
-                    8192,
-                    MemoryRef {
-                        region: s.region,
-                        offset: 0,
-                    },
-                    Perm::RW,
-                )
-                .expect("map");
-            d.attach(s.device, None, s.ioas).expect("attach");
+            let iova = map_and_attach(&mut d, &s, IovaPlacement::Fixed(0x20_0000), 8192);
             let ring = d.fault_ring(s.device, 2, 8).expect("fault queue");
             // A fault of its own, so its queue has a record.
             assert!(d
-                .dma("dev-b", job(DmaDirection::ToMemory, 0x4000_0000, 64))
+                .dma(
+                    "dev-b",
+                    DmaJob::new(DmaDirection::ToMemory, 0x4000_0000, 64)
+                )
                 .is_err());
             // Where the IOMMU takes page requests: one of its own, waiting for its answer.
-            let info = match d.request(&IommuRequest::QueryDevice { device: s.device }) {
-                Ok(IommuReply::Info(i)) => i,
-                other => panic!("QueryDevice: {other:?}"),
-            };
+            let info = query_device(&mut d, s.device);
             let mut seen: Vec<Fault> = Vec::new();
             let cookie = if info.pri && info.pasid_bits > 0 {
                 let pasid = d.alloc_pasid(s.device).expect("PASID");
@@ -677,10 +670,13 @@ fn isolation_programs(run: &Run) -> Programs {
             board.wait(&ctx, "a:done", 5_000);
             let data = pattern(7, 4096);
             d.write(0, 0, &data);
-            d.dma("dev-b", job(DmaDirection::FromMemory, iova, 4096))
+            d.dma("dev-b", DmaJob::new(DmaDirection::FromMemory, iova, 4096))
                 .expect("B's mapping still works");
-            d.dma("dev-b", job(DmaDirection::ToMemory, iova + 4096, 4096))
-                .expect("B's mapping still works");
+            d.dma(
+                "dev-b",
+                DmaJob::new(DmaDirection::ToMemory, iova + 4096, 4096),
+            )
+            .expect("B's mapping still works");
             assert_eq!(d.read(1, 0, 4096), data);
             let own = |f: &Fault| f.address == 0x4000_0000 && f.device == s.device.0;
             if !seen.iter().any(own) {
@@ -723,20 +719,14 @@ fn isolation_programs(run: &Run) -> Programs {
                     ioas: b_ioas,
                     iova: IovaPlacement::Fixed(0x80_0000),
                     length: 4096,
-                    memory: MemoryRef {
-                        region: s.region,
-                        offset: 0,
-                    },
+                    memory: region_at(s.region, 0),
                     perm: Perm::RW,
                 },
                 IommuRequest::Map {
                     ioas: s.ioas,
                     iova: IovaPlacement::Fixed(0x80_0000),
                     length: 4096,
-                    memory: MemoryRef {
-                        region: b_region,
-                        offset: 0,
-                    },
+                    memory: region_at(b_region, 0),
                     perm: Perm::READ,
                 },
                 IommuRequest::Unmap {
@@ -762,10 +752,7 @@ fn isolation_programs(run: &Run) -> Programs {
                 IommuRequest::CloseDevice { device: b_dev },
                 IommuRequest::AllocFaultQueue {
                     device: b_dev,
-                    ring: MemoryRef {
-                        region: s.region,
-                        offset: 0,
-                    },
+                    ring: region_at(s.region, 0),
                     depth: 4,
                 },
                 IommuRequest::FreeFaultQueue { queue: b_queue },
@@ -848,10 +835,7 @@ fn isolation_programs(run: &Run) -> Programs {
 }
 
 fn isolation_check(run: &Run, _: &System, r: &RunReport) -> Result<(), String> {
-    if run.victim.is_none() && r.exits.iter().any(|(_, e)| *e != Exit::Returned) {
-        return Err(format!("a driver did not finish: {:?}", r.exits));
-    }
-    Ok(())
+    drivers_finished(run, r)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -885,24 +869,14 @@ fn killed_mid_dma_programs(run: &Run) -> Programs {
         Box::new(move |ctx| {
             let mut d = Driver::new(ctx.clone());
             let s = setup(&mut d, "dev-a", 0..4);
-            let iova = d
-                .map(
-                    s.ioas,
-                    IovaPlacement::Anywhere { align: 4096 },
-                    4 * 4096,
-                    MemoryRef {
-                        region: s.region,
-                        offset: 0,
-                    },
-                    Perm::RW,
-                )
-                .expect("map");
-            d.attach(s.device, None, s.ioas).expect("attach");
+            let iova = map_and_attach(
+                &mut d,
+                &s,
+                IovaPlacement::Anywhere { align: 4096 },
+                4 * 4096,
+            );
             // A PASID too, where the hardware seam offers them.
-            let pasid_bits = match d.request(&IommuRequest::QueryDevice { device: s.device }) {
-                Ok(IommuReply::Info(i)) => i.pasid_bits,
-                other => panic!("QueryDevice: {other:?}"),
-            };
+            let pasid_bits = query_device(&mut d, s.device).pasid_bits;
             if pasid_bits > 0 {
                 let pasid = d.alloc_pasid(s.device).expect("PASID");
                 let second = d.alloc_ioas().expect("IOAS");
@@ -922,7 +896,7 @@ fn killed_mid_dma_programs(run: &Run) -> Programs {
                 "dev-a",
                 DmaJob {
                     repeat: 400,
-                    ..job(DmaDirection::ToMemory, iova, 4 * 4096)
+                    ..DmaJob::new(DmaDirection::ToMemory, iova, 4 * 4096)
                 },
             );
             board.put("a:dma-started", ctx.now());
@@ -1021,10 +995,7 @@ fn unmap_then_dma(seed: u64, dev: &'static str) -> Entry {
         let s = setup(&mut d, dev, 0..2);
         let ring = d.fault_ring(s.device, 2, 16).expect("fault queue");
         d.attach(s.device, None, s.ioas).expect("attach");
-        let at = |offset| MemoryRef {
-            region: s.region,
-            offset,
-        };
+        let at = |offset| region_at(s.region, offset);
         let one = pattern(seed ^ 1, 4096);
         let two = pattern(seed ^ 2, 4096);
         let three = pattern(seed ^ 3, 4096);
@@ -1038,7 +1009,7 @@ fn unmap_then_dma(seed: u64, dev: &'static str) -> Entry {
         .expect("map");
         let dev_cap = d.device(dev);
         d.ctx.device_write(dev_cap, 0, &one).expect("own device");
-        d.dma(dev, job(DmaDirection::ToMemory, FIXED_IOVA, 4096))
+        d.dma(dev, DmaJob::new(DmaDirection::ToMemory, FIXED_IOVA, 4096))
             .expect("mapped: reaches memory");
         assert_eq!(d.read(0, 0, 4096), one);
         // Read it back: the translation is now cached by the IOMMU.
@@ -1046,14 +1017,14 @@ fn unmap_then_dma(seed: u64, dev: &'static str) -> Entry {
             dev,
             DmaJob {
                 buffer_offset: 0x4000,
-                ..job(DmaDirection::FromMemory, FIXED_IOVA, 4096)
+                ..DmaJob::new(DmaDirection::FromMemory, FIXED_IOVA, 4096)
             },
         )
         .expect("mapped: readable");
         assert_eq!(d.unmap(s.ioas, FIXED_IOVA, 4096), Ok(4096));
         d.ctx.device_write(dev_cap, 0, &two).expect("own device");
         assert_eq!(
-            d.dma(dev, job(DmaDirection::ToMemory, FIXED_IOVA, 4096)),
+            d.dma(dev, DmaJob::new(DmaDirection::ToMemory, FIXED_IOVA, 4096)),
             Err(DmaFault { iova: FIXED_IOVA }),
             "DMA after unmap must fault"
         );
@@ -1078,7 +1049,7 @@ fn unmap_then_dma(seed: u64, dev: &'static str) -> Entry {
         )
         .expect("map again");
         d.ctx.device_write(dev_cap, 0, &three).expect("own device");
-        d.dma(dev, job(DmaDirection::ToMemory, FIXED_IOVA, 4096))
+        d.dma(dev, DmaJob::new(DmaDirection::ToMemory, FIXED_IOVA, 4096))
             .expect("mapped again: reaches memory");
         assert_eq!(d.read(1, 0, 4096), three);
         assert_eq!(d.read(0, 0, 4096), one);
@@ -1096,12 +1067,12 @@ fn unmap_then_dma(seed: u64, dev: &'static str) -> Entry {
             dev,
             DmaJob {
                 buffer_offset: 0x4000,
-                ..job(DmaDirection::FromMemory, FIXED_IOVA, 4096)
+                ..DmaJob::new(DmaDirection::FromMemory, FIXED_IOVA, 4096)
             },
         )
         .expect("read-only: readable");
         assert!(d
-            .dma(dev, job(DmaDirection::ToMemory, FIXED_IOVA, 4096))
+            .dma(dev, DmaJob::new(DmaDirection::ToMemory, FIXED_IOVA, 4096))
             .is_err());
         assert_eq!(d.read(1, 0, 4096), three, "a read-only page was written");
     })
@@ -1144,7 +1115,7 @@ fn fault_storm_programs(run: &Run) -> Programs {
                 "dev-a",
                 DmaJob {
                     repeat: STORM,
-                    ..job(DmaDirection::FromMemory, 0x4000_0000, 4096)
+                    ..DmaJob::new(DmaDirection::FromMemory, 0x4000_0000, 4096)
                 },
             );
             assert_eq!(r, Err(DmaFault { iova: 0x4000_0000 }));
@@ -1179,7 +1150,10 @@ fn fault_storm_programs(run: &Run) -> Programs {
             let mut found = false;
             'tries: for _ in 0..5 {
                 assert!(d
-                    .dma("dev-b", job(DmaDirection::ToMemory, 0x5000_0000, 64))
+                    .dma(
+                        "dev-b",
+                        DmaJob::new(DmaDirection::ToMemory, 0x5000_0000, 64)
+                    )
                     .is_err());
                 for _ in 0..200 {
                     let (records, _) = ring.take(&ctx);

@@ -8,54 +8,56 @@ use sim_system::client::Driver;
 use sim_system::{InitEvent, IommuKind, Programs, RunConfig, System};
 use system_description::default_system;
 
-fn copy_job(direction: DmaDirection, iova: u64, len: u64) -> DmaJob {
-    DmaJob {
-        direction,
-        iova,
-        len,
-        buffer_offset: 0,
-        pasid: None,
-        repeat: 0,
-    }
-}
-
-fn map_and_dma(kind: IommuKind) {
+/// Programs for driver-a and driver-b: `body` gets a driver in that process and the name
+/// of its device.
+fn each_driver(body: fn(Driver, &'static str)) -> Programs {
     let mut programs = Programs::new();
     for (name, dev) in [("driver-a", "dev-a"), ("driver-b", "dev-b")] {
         programs.insert(
             name.into(),
-            Box::new(move |ctx| {
-                let mut d = Driver::new(ctx);
-                let (device, _) = d.open(dev).unwrap();
-                let frames = d.mem[..2].to_vec();
-                let region = d.grant(&frames).unwrap();
-                let ioas = d.alloc_ioas().unwrap();
-                let iova = d
-                    .map(
-                        ioas,
-                        IovaPlacement::Anywhere { align: 4096 },
-                        8192,
-                        MemoryRef { region, offset: 0 },
-                        Perm::RW,
-                    )
-                    .unwrap();
-                d.attach(device, None, ioas).unwrap();
-                let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 7) as u8).collect();
-                d.write(0, 0, &pattern);
-                d.dma(dev, copy_job(DmaDirection::FromMemory, iova, 4096))
-                    .unwrap();
-                d.dma(dev, copy_job(DmaDirection::ToMemory, iova + 4096, 4096))
-                    .unwrap();
-                assert_eq!(d.read(1, 0, 4096), pattern);
-                // Outside the mapping: blocked.
-                assert!(d
-                    .dma(dev, copy_job(DmaDirection::ToMemory, iova + 8192, 4096))
-                    .is_err());
-                // A region still mapped cannot be revoked.
-                assert_eq!(d.revoke(region), Err(Error::Busy));
-            }),
+            Box::new(move |ctx| body(Driver::new(ctx), dev)),
         );
     }
+    programs
+}
+
+/// Opens `dev`, grants the driver's first two frames as one region, maps it read-write
+/// anywhere in a new IOAS and attaches the device there; returns the region and the IOVA.
+fn map_two_frames(d: &mut Driver, dev: &str) -> (u32, u64) {
+    let (device, _) = d.open(dev).unwrap();
+    let frames = d.mem[..2].to_vec();
+    let region = d.grant(&frames).unwrap();
+    let ioas = d.alloc_ioas().unwrap();
+    let iova = d
+        .map(
+            ioas,
+            IovaPlacement::Anywhere { align: 4096 },
+            8192,
+            MemoryRef { region, offset: 0 },
+            Perm::RW,
+        )
+        .unwrap();
+    d.attach(device, None, ioas).unwrap();
+    (region, iova)
+}
+
+fn map_and_dma(kind: IommuKind) {
+    let programs = each_driver(|mut d, dev| {
+        let (region, iova) = map_two_frames(&mut d, dev);
+        let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 7) as u8).collect();
+        d.write(0, 0, &pattern);
+        d.dma(dev, DmaJob::new(DmaDirection::FromMemory, iova, 4096))
+            .unwrap();
+        d.dma(dev, DmaJob::new(DmaDirection::ToMemory, iova + 4096, 4096))
+            .unwrap();
+        assert_eq!(d.read(1, 0, 4096), pattern);
+        // Outside the mapping: blocked.
+        assert!(d
+            .dma(dev, DmaJob::new(DmaDirection::ToMemory, iova + 8192, 4096))
+            .is_err());
+        // A region still mapped cannot be revoked.
+        assert_eq!(d.revoke(region), Err(Error::Busy));
+    });
     let sys = System::build(
         default_system(kind),
         programs,
@@ -186,34 +188,14 @@ fn init_hands_out_exactly_the_listed_capabilities() {
 }
 
 fn traced_run(kind: IommuKind, seed: u64) -> (u64, Vec<sim::Note>, Vec<InitEvent>) {
-    let mut programs = Programs::new();
-    for (name, dev) in [("driver-a", "dev-a"), ("driver-b", "dev-b")] {
-        programs.insert(
-            name.into(),
-            Box::new(move |ctx| {
-                let mut d = Driver::new(ctx);
-                let (device, _) = d.open(dev).unwrap();
-                let frames = d.mem[..2].to_vec();
-                let region = d.grant(&frames).unwrap();
-                let ioas = d.alloc_ioas().unwrap();
-                let iova = d
-                    .map(
-                        ioas,
-                        IovaPlacement::Anywhere { align: 4096 },
-                        8192,
-                        MemoryRef { region, offset: 0 },
-                        Perm::RW,
-                    )
-                    .unwrap();
-                d.attach(device, None, ioas).unwrap();
-                for _ in 0..3 {
-                    d.dma(dev, copy_job(DmaDirection::ToMemory, iova, 8192))
-                        .unwrap();
-                    let _ = d.dma(dev, copy_job(DmaDirection::ToMemory, iova + 8192, 64));
-                }
-            }),
-        );
-    }
+    let programs = each_driver(|mut d, dev| {
+        let (_, iova) = map_two_frames(&mut d, dev);
+        for _ in 0..3 {
+            d.dma(dev, DmaJob::new(DmaDirection::ToMemory, iova, 8192))
+                .unwrap();
+            let _ = d.dma(dev, DmaJob::new(DmaDirection::ToMemory, iova + 8192, 64));
+        }
+    });
     let sys = System::build(
         default_system(kind),
         programs,

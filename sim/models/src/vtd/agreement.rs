@@ -159,6 +159,18 @@ impl Machine {
         let _ = self.model.dma_write(sid, None, iova, &[0x5a; TRANSFER]);
     }
 
+    /// The device reads memory, then the fault records it caused are printed.
+    fn read_recorded(&mut self, sid: u16, iova: u64, prefix: &str, out: &mut dyn FnMut(String)) {
+        self.device_reads(sid, iova);
+        self.drain(prefix, out);
+    }
+
+    /// The device writes memory, then the fault records it caused are printed.
+    fn write_recorded(&mut self, sid: u16, iova: u64, prefix: &str, out: &mut dyn FnMut(String)) {
+        self.device_writes(sid, iova);
+        self.drain(prefix, out);
+    }
+
     /// Drain the fault records, print them; whether FSTS.PFO was set.
     fn drain(&mut self, prefix: &str, out: &mut dyn FnMut(String)) -> bool {
         let report = self.vtd.drain_faults(|r| out(format!("{prefix} {r}")));
@@ -194,33 +206,26 @@ fn step(
 ) -> Result<(), String> {
     match scenario {
         "fault-unmapped" => {
-            m.device_reads(EDU_A, 0x0a00_0000);
-            m.drain(prefix, out);
-            m.device_writes(EDU_A, 0x0a00_1000);
-            m.drain(prefix, out);
+            m.read_recorded(EDU_A, 0x0a00_0000, prefix, out);
+            m.write_recorded(EDU_A, 0x0a00_1000, prefix, out);
         }
         "fault-readonly" => {
             m.map_a(0x0b00_0000, Prot::READ)?;
-            m.device_writes(EDU_A, 0x0b00_0000);
-            m.drain(prefix, out);
-            m.device_reads(EDU_A, 0x0b00_0000);
-            m.drain(prefix, out);
+            m.write_recorded(EDU_A, 0x0b00_0000, prefix, out);
+            m.read_recorded(EDU_A, 0x0b00_0000, prefix, out);
         }
         "fault-after-unmap" => {
             m.map_a(0x0c00_0000, Prot::READ_WRITE)?;
-            m.device_writes(EDU_A, 0x0c00_0000);
-            m.drain(prefix, out);
+            m.write_recorded(EDU_A, 0x0c00_0000, prefix, out);
             let dom = m.dom_a;
             m.vtd
                 .unmap(dom, 0x0c00_0000, PAGE)
                 .map_err(|e| format!("unmap: {e}"))?;
-            m.device_writes(EDU_A, 0x0c00_0000);
-            m.drain(prefix, out);
+            m.write_recorded(EDU_A, 0x0c00_0000, prefix, out);
         }
         "isolation" => {
             m.map_a(0x0d00_0000, Prot::READ_WRITE)?;
-            m.device_writes(EDU_B, 0x0d00_0000);
-            m.drain(prefix, out);
+            m.write_recorded(EDU_B, 0x0d00_0000, prefix, out);
         }
         "fault-flood" => {
             for i in 0..32 {
@@ -231,8 +236,7 @@ fn step(
             out(format!("{prefix} overflow={}", u8::from(overflow)));
         }
         "fault-interrupt" => {
-            m.device_reads(EDU_A, 0x0a00_0000);
-            m.drain(prefix, out);
+            m.read_recorded(EDU_A, 0x0a00_0000, prefix, out);
         }
         other => return Err(format!("unknown scenario {other}")),
     }

@@ -591,8 +591,9 @@ fn every_event_type_decodes_with_its_fields() {
     );
 }
 
-#[test]
-fn event_queue_wraps() {
+/// A rig whose event queue has four slots, with a read-only page mapped at `IOVA` for
+/// `SID`.
+fn four_slot_event_queue_rig() -> Rig {
     let mut rig = Rig::with(
         Config::QEMU_7_2,
         SmmuConfig {
@@ -602,6 +603,12 @@ fn event_queue_wraps() {
     );
     let page = rig.page(0);
     mapped(&mut rig, SID, 1, IOVA, &[page], Prot::READ);
+    rig
+}
+
+#[test]
+fn event_queue_wraps() {
+    let mut rig = four_slot_event_queue_rig();
     let mut seen = Vec::new();
     for round in 0..10u64 {
         for k in 0..3u64 {
@@ -653,15 +660,7 @@ fn command_queue_wraps() {
 
 #[test]
 fn full_event_queue_drops_records_and_raises_eventq_abt_err() {
-    let mut rig = Rig::with(
-        Config::QEMU_7_2,
-        SmmuConfig {
-            evtq_log2: 2,
-            ..smmu_config()
-        },
-    );
-    let page = rig.page(0);
-    mapped(&mut rig, SID, 1, IOVA, &[page], Prot::READ);
+    let mut rig = four_slot_event_queue_rig();
     let mut recorded = Vec::new();
     for k in 0..6u64 {
         match rig.model.dma_write(SID, None, IOVA + k * 4, &[0; 4]) {

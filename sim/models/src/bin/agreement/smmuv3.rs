@@ -320,6 +320,13 @@ impl<'r> Rig<'r> {
         self.smmu.map(dom, iova, b.pa, b.len, prot).map_err(drv)
     }
 
+    /// A new page mapped at `iova` in `dom` with `prot`.
+    fn mapped_page(&mut self, dom: DomainId, iova: u64, prot: Prot) -> Result<Buf, String> {
+        let page = self.buffer(PAGE)?;
+        self.map_buffer(dom, iova, page, prot)?;
+        Ok(page)
+    }
+
     fn finish(&mut self) -> Result<(), String> {
         self.expect_no_events("at the end")?;
         match self.smmu.global_errors() {
@@ -396,9 +403,8 @@ fn fault_translation(rec: &Recorder) -> Result<(), String> {
     let secret = rig.fill(sentinels);
     for i in 0..TARGETS.len() {
         let dom = rig.domain_for(i)?;
-        let good = rig.buffer(PAGE)?;
         let good_iova = iova_base(i);
-        rig.map_buffer(dom, good_iova, good, Prot::READ_WRITE)?;
+        let good = rig.mapped_page(dom, good_iova, Prot::READ_WRITE)?;
         let iova = sentinels.pa + i as u64 * PAGE + 0x40;
         rig.fill(good);
         rig.ram_to_edu(i, good_iova, EDU_BUF, SHORT)?;
@@ -420,12 +426,10 @@ fn fault_permission(rec: &Recorder) -> Result<(), String> {
     let mut rig = Rig::start(rec, RigConfig::default())?;
     for i in 0..TARGETS.len() {
         let dom = rig.domain_for(i)?;
-        let ro = rig.buffer(PAGE)?;
         let ro_iova = iova_base(i);
-        rig.map_buffer(dom, ro_iova, ro, Prot::READ)?;
-        let scratch = rig.buffer(PAGE)?;
+        let ro = rig.mapped_page(dom, ro_iova, Prot::READ)?;
         let rw_iova = iova_base(i) + 0x10_0000;
-        rig.map_buffer(dom, rw_iova, scratch, Prot::READ_WRITE)?;
+        let scratch = rig.mapped_page(dom, rw_iova, Prot::READ_WRITE)?;
         let original = rig.fill(ro);
         rig.ram_to_edu(i, ro_iova + 0x200, EDU_BUF, SHORT)?;
         rig.edu_to_ram(i, EDU_BUF, rw_iova, SHORT)?;
@@ -448,12 +452,10 @@ fn unmap_invalidates(rec: &Recorder) -> Result<(), String> {
     let mut rig = Rig::start(rec, RigConfig::default())?;
     for i in 0..TARGETS.len() {
         let dom = rig.domain_for(i)?;
-        let src = rig.buffer(PAGE)?;
         let src_iova = iova_base(i);
-        rig.map_buffer(dom, src_iova, src, Prot::READ_WRITE)?;
-        let dst = rig.buffer(PAGE)?;
+        let src = rig.mapped_page(dom, src_iova, Prot::READ_WRITE)?;
         let dst_iova = iova_base(i) + 0x10_0000;
-        rig.map_buffer(dom, dst_iova, dst, Prot::READ_WRITE)?;
+        let dst = rig.mapped_page(dom, dst_iova, Prot::READ_WRITE)?;
 
         let first = rig.fill(src);
         rig.ram_to_edu(i, src_iova, EDU_BUF, SHORT)?;
@@ -534,9 +536,8 @@ fn abort_ste(rec: &Recorder) -> Result<(), String> {
     for i in 0..TARGETS.len() {
         let sid = sid(i);
         let dom = rig.domain_for(i)?;
-        let scratch = rig.buffer(PAGE)?;
         let iova = iova_base(i);
-        rig.map_buffer(dom, iova, scratch, Prot::READ_WRITE)?;
+        let scratch = rig.mapped_page(dom, iova, Prot::READ_WRITE)?;
         let sentinel = rig.buffer(PAGE)?;
         let secret = rig.fill(sentinel);
         rig.fill(scratch);
@@ -615,10 +616,8 @@ fn isolation(rec: &Recorder) -> Result<(), String> {
     let mut shared = Vec::new();
     for i in 0..n {
         let dom = rig.domain_for(i)?;
-        let buf = rig.buffer(PAGE)?;
-        rig.map_buffer(dom, iova_base(i), buf, Prot::READ_WRITE)?;
-        let page = rig.buffer(PAGE)?;
-        rig.map_buffer(dom, SHARED_IOVA, page, Prot::READ_WRITE)?;
+        let buf = rig.mapped_page(dom, iova_base(i), Prot::READ_WRITE)?;
+        let page = rig.mapped_page(dom, SHARED_IOVA, Prot::READ_WRITE)?;
         own.push(buf);
         shared.push(page);
     }
@@ -679,9 +678,8 @@ fn event_flood(rec: &Recorder) -> Result<(), String> {
     let entries = 1usize << FLOOD_EVTQ_LOG2;
     for i in 0..TARGETS.len() {
         let dom = rig.domain_for(i)?;
-        let buf = rig.buffer(PAGE)?;
         let iova = iova_base(i);
-        rig.map_buffer(dom, iova, buf, Prot::READ_WRITE)?;
+        let buf = rig.mapped_page(dom, iova, Prot::READ_WRITE)?;
         let hole = iova + 0x20_0000;
         for k in 0..FLOOD_DMAS {
             rig.edu_to_ram(i, EDU_BUF, hole + k * SHORT, SHORT)?;
