@@ -1,13 +1,8 @@
-//! Links the root task with the image's linker script.
+//! Links the program with the workspace's linker script (`../link.rs`).
 
-use std::env;
-use std::path::PathBuf;
+#[path = "../link.rs"]
+mod link;
 
 fn main() {
-    let dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let script = dir.join("../link.ld");
-    println!("cargo:rerun-if-changed={}", script.display());
-    println!("cargo:rustc-link-arg-bins=-T{}", script.display());
-    println!("cargo:rustc-link-arg-bins=--orphan-handling=error");
+    link::link_with_script();
 }

@@ -2,18 +2,15 @@
 //! builds them first and names each ELF in `SEL4_PROGRAM_<NAME>`.
 
 use std::env;
-use std::path::PathBuf;
+
+#[path = "../link.rs"]
+mod link;
 
 /// Programs init can start (the names its system description uses).
 const PROGRAMS: [&str; 1] = ["VTD_SCENARIOS"];
 
 fn main() {
-    let dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let script = dir.join("../link.ld");
-    println!("cargo:rerun-if-changed={}", script.display());
-    println!("cargo:rustc-link-arg-bins=-T{}", script.display());
-    println!("cargo:rustc-link-arg-bins=--orphan-handling=error");
+    link::link_with_script();
     for name in PROGRAMS {
         let var = format!("SEL4_PROGRAM_{name}");
         println!("cargo:rerun-if-env-changed={var}");

@@ -308,17 +308,27 @@ pub fn invoke(
     }
 }
 
+/// [`invoke`] for invocations whose reply carries nothing but success.
+fn invoke_unit(
+    dest: crate::CPtr,
+    label: InvocationLabel,
+    mrs: &[Word],
+    caps: &[Word],
+) -> Result<()> {
+    invoke(dest, label, mrs, caps).map(|_| ())
+}
+
 impl Cap<cap_type::IoPort> {
     /// Writes a byte to an I/O port (`seL4_X86_IOPort_Out8`).
     pub fn out8(self, port: u16, value: u8) -> Result<()> {
         let mrs = [Word::from(port), Word::from(value)];
-        invoke(self.cptr(), InvocationLabel::X86IOPortOut8, &mrs, &[]).map(|_| ())
+        invoke_unit(self.cptr(), InvocationLabel::X86IOPortOut8, &mrs, &[])
     }
 
     /// Writes a 32-bit value to an I/O port (`seL4_X86_IOPort_Out32`).
     pub fn out32(self, port: u16, value: u32) -> Result<()> {
         let mrs = [Word::from(port), Word::from(value)];
-        invoke(self.cptr(), InvocationLabel::X86IOPortOut32, &mrs, &[]).map(|_| ())
+        invoke_unit(self.cptr(), InvocationLabel::X86IOPortOut32, &mrs, &[])
     }
 
     /// Reads a byte from an I/O port (`seL4_X86_IOPort_In8`).
@@ -360,13 +370,12 @@ impl Cap<cap_type::Untyped> {
         count: Word,
     ) -> Result<()> {
         let mrs = [object_type as Word, size_bits, index, depth, offset, count];
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::UntypedRetype,
             &mrs,
             &[root.cptr()],
         )
-        .map(|_| ())
     }
 }
 
@@ -384,13 +393,12 @@ impl Cap<cap_type::CNode> {
         rights: CapRights,
     ) -> Result<()> {
         let mrs = [dest, dest_depth, src, src_depth, rights.0];
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::CNodeCopy,
             &mrs,
             &[src_root.cptr()],
         )
-        .map(|_| ())
     }
 
     /// Copies the capability at `src` (in `src_root` at `src_depth`) to `dest` in this
@@ -408,26 +416,24 @@ impl Cap<cap_type::CNode> {
         data: Word,
     ) -> Result<()> {
         let mrs = [dest, dest_depth, src, src_depth, rights.0, data];
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::CNodeMint,
             &mrs,
             &[src_root.cptr()],
         )
-        .map(|_| ())
     }
 }
 
 impl Cap<cap_type::CNode> {
     /// Deletes the capability at `index`/`depth` of this CNode (`seL4_CNode_Delete`).
     pub fn delete(self, index: Word, depth: Word) -> Result<()> {
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::CNodeDelete,
             &[index, depth],
             &[],
         )
-        .map(|_| ())
     }
 }
 
@@ -451,7 +457,7 @@ impl Cap<cap_type::Tcb> {
         let props = P::MCP.set(P::PRIO.set(0, Word::from(priority)), Word::from(mcp));
         let mrs = [fault_ep, props, cspace_data, 0, ipc_buffer];
         let caps = [cspace.cptr(), vspace.cptr(), ipc_buffer_frame.cptr()];
-        invoke(self.cptr(), InvocationLabel::TCBConfigure, &mrs, &caps).map(|_| ())
+        invoke_unit(self.cptr(), InvocationLabel::TCBConfigure, &mrs, &caps)
     }
 
     /// Writes the thread's registers and optionally resumes it
@@ -463,40 +469,38 @@ impl Cap<cap_type::Tcb> {
         mrs[0] = Word::from(resume);
         mrs[1] = crate::UserContext::WORDS as Word;
         mrs[2..].copy_from_slice(&words);
-        invoke(self.cptr(), InvocationLabel::TCBWriteRegisters, &mrs, &[]).map(|_| ())
+        invoke_unit(self.cptr(), InvocationLabel::TCBWriteRegisters, &mrs, &[])
     }
 
     /// Sets the thread's priority (`seL4_TCB_SetPriority`).
     pub fn set_priority(self, priority: u8) -> Result<()> {
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::TCBSetPriority,
             &[Word::from(priority)],
             &[],
         )
-        .map(|_| ())
     }
 
     /// Makes the thread runnable (`seL4_TCB_Resume`).
     pub fn resume(self) -> Result<()> {
-        invoke(self.cptr(), InvocationLabel::TCBResume, &[], &[]).map(|_| ())
+        invoke_unit(self.cptr(), InvocationLabel::TCBResume, &[], &[])
     }
 
     /// Stops the thread (`seL4_TCB_Suspend`).
     pub fn suspend(self) -> Result<()> {
-        invoke(self.cptr(), InvocationLabel::TCBSuspend, &[], &[]).map(|_| ())
+        invoke_unit(self.cptr(), InvocationLabel::TCBSuspend, &[], &[])
     }
 
     /// Binds a notification to the thread, so that a Recv on an endpoint also returns when
     /// the notification is signalled (`seL4_TCB_BindNotification`). Needs the IPC buffer.
     pub fn bind_notification(self, ntfn: Cap<cap_type::Notification>) -> Result<()> {
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::TCBBindNotification,
             &[],
             &[ntfn.cptr()],
         )
-        .map(|_| ())
     }
 }
 
@@ -510,18 +514,17 @@ impl Cap<cap_type::Page> {
         rights: CapRights,
         attr: Word,
     ) -> Result<()> {
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::X86PageMap,
             &[vaddr, rights.0, attr],
             &[vspace.cptr()],
         )
-        .map(|_| ())
     }
 
     /// Unmaps the frame (`seL4_X86_Page_Unmap`).
     pub fn unmap(self) -> Result<()> {
-        invoke(self.cptr(), InvocationLabel::X86PageUnmap, &[], &[]).map(|_| ())
+        invoke_unit(self.cptr(), InvocationLabel::X86PageUnmap, &[], &[])
     }
 
     /// The frame's physical address (`seL4_X86_Page_GetAddress`).
@@ -536,13 +539,12 @@ macro_rules! paging_map {
         impl Cap<cap_type::$kind> {
             #[doc = concat!("Installs the structure in `vspace` for the range around `vaddr` (`", $name, "`). Needs the IPC buffer.")]
             pub fn map(self, vspace: Cap<cap_type::Pml4>, vaddr: Word, attr: Word) -> Result<()> {
-                invoke(
+                invoke_unit(
                     self.cptr(),
                     InvocationLabel::$label,
                     &[vaddr, attr],
                     &[vspace.cptr()],
                 )
-                .map(|_| ())
             }
         }
     };
@@ -560,13 +562,12 @@ impl Cap<cap_type::AsidPool> {
     /// Gives `vspace` an address-space ID from this pool (`seL4_X86_ASIDPool_Assign`).
     /// Needs the IPC buffer.
     pub fn assign(self, vspace: Cap<cap_type::Pml4>) -> Result<()> {
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::X86ASIDPoolAssign,
             &[],
             &[vspace.cptr()],
         )
-        .map(|_| ())
     }
 }
 
@@ -586,13 +587,12 @@ impl Cap<cap_type::IrqControl> {
         handle: Word,
         irq: Word,
     ) -> Result<()> {
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::X86IRQIssueIRQHandlerMSI,
             &[index, depth, bus, dev, func, handle, irq],
             &[root.cptr()],
         )
-        .map(|_| ())
     }
 }
 
@@ -600,17 +600,16 @@ impl Cap<cap_type::IrqHandler> {
     /// Delivers the interrupt to `ntfn` (`seL4_IRQHandler_SetNotification`). Needs the
     /// IPC buffer.
     pub fn set_notification(self, ntfn: Cap<cap_type::Notification>) -> Result<()> {
-        invoke(
+        invoke_unit(
             self.cptr(),
             InvocationLabel::IRQSetIRQHandler,
             &[],
             &[ntfn.cptr()],
         )
-        .map(|_| ())
     }
 
     /// Re-enables the interrupt after it was handled (`seL4_IRQHandler_Ack`).
     pub fn ack(self) -> Result<()> {
-        invoke(self.cptr(), InvocationLabel::IRQAckIRQ, &[], &[]).map(|_| ())
+        invoke_unit(self.cptr(), InvocationLabel::IRQAckIRQ, &[], &[])
     }
 }
