@@ -6,8 +6,9 @@
 //! init creates the kernel objects listed in [`SystemDescription::objects`], then each
 //! process, hands it exactly the capabilities listed for it (minting badges where a
 //! capability has one), sets its fault endpoint and starts it; nothing else is handed
-//! out. The host simulation's init (`sim-system`) executes it today; the seL4 root task
-//! will execute the same description (the crate is `no_std` + `alloc`).
+//! out. The host simulation's init (`sim-system`) executes it. The seL4 image's root task
+//! (`sel4/apps/init`) still builds its processes from a static list of its own; the crate
+//! is `no_std` + `alloc` so that it can execute this description instead.
 //! [`dot::render`] draws who holds what (`cargo xtask capgraph`).
 //!
 //! # Conventions the programs rely on
