@@ -70,26 +70,32 @@ impl Ioas {
         (cursor.checked_add(len)? <= hi).then_some(cursor)
     }
 
-    /// The mappings inside `[iova, iova + len)`. A mapping that straddles either end is
-    /// `Invalid` (mappings are unmapped whole, as created); no mapping at all is `NotFound`.
-    pub fn covered(&self, iova: u64, len: u64) -> Result<Vec<(u64, Mapping)>, Error> {
+    /// Checks that the mappings inside `[iova, iova + len)` can be unmapped: a mapping
+    /// that straddles either end is `Invalid` (mappings are unmapped whole, as created);
+    /// no mapping at all is `NotFound`. Returns the end of the range.
+    pub fn check_covered(&self, iova: u64, len: u64) -> Result<u64, Error> {
         let end = iova.checked_add(len).ok_or(Error::Invalid)?;
         if let Some((&start, m)) = self.maps.range(..iova).next_back() {
             if start + m.len > iova {
                 return Err(Error::Invalid);
             }
         }
-        let found: Vec<(u64, Mapping)> =
-            self.maps.range(iova..end).map(|(&s, m)| (s, *m)).collect();
-        if let Some(&(s, m)) = found.last() {
+        let mut inside = self.maps.range(iova..end);
+        if inside.next().is_none() {
+            return Err(Error::NotFound);
+        }
+        if let Some((&s, m)) = self.maps.range(iova..end).next_back() {
             if s + m.len > end {
                 return Err(Error::Invalid);
             }
         }
-        if found.is_empty() {
-            return Err(Error::NotFound);
-        }
-        Ok(found)
+        Ok(end)
+    }
+
+    /// The mappings inside `[iova, iova + len)`, checked as by [`Ioas::check_covered`].
+    pub fn covered(&self, iova: u64, len: u64) -> Result<Vec<(u64, Mapping)>, Error> {
+        let end = self.check_covered(iova, len)?;
+        Ok(self.maps.range(iova..end).map(|(&s, m)| (s, *m)).collect())
     }
 }
 

@@ -37,6 +37,7 @@ extern crate alloc;
 
 pub mod hw;
 pub mod ioas;
+pub mod region;
 mod server;
 
 pub use hw::{Hardware, HwDomain, HwFault, PasidAuthority, StreamId};

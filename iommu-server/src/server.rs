@@ -15,6 +15,7 @@ use platform::Badge;
 
 use crate::hw::{Hardware, HwFault, PasidAuthority, StreamId};
 use crate::ioas::{Ioas, Mapping, PAGE};
+use crate::region::Frames;
 
 /// What one client may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +72,8 @@ struct Device {
 
 struct Region {
     owner: u32,
-    /// Physical address of each 4 KiB frame.
-    frames: Vec<u64>,
+    /// Its 4 KiB frames, as physically contiguous runs.
+    frames: Frames,
     /// Mappings and fault rings using it: it cannot be given back while pinned.
     pins: u32,
 }
@@ -275,7 +276,7 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
             &mut self.regions,
             Region {
                 owner: client,
-                frames,
+                frames: Frames::new(&frames),
                 pins: 0,
             },
         ))
@@ -290,7 +291,7 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
         }
         Ok(self.regions[region as usize]
             .take()
-            .map(|r| r.frames)
+            .map(|r| r.frames.to_vec())
             .unwrap_or_default())
     }
 
@@ -515,7 +516,7 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
             return Err(Error::Invalid);
         }
         let region = self.region(client, memory.region)?;
-        let region_len = region.frames.len() as u64 * PAGE;
+        let region_len = region.frames.bytes();
         if memory
             .offset
             .checked_add(len)
@@ -555,25 +556,17 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
             .as_ref()
             .expect("checked")
             .frames;
-        let first = (memory.offset / PAGE) as usize;
-        let pages = (len / PAGE) as usize;
-        let mut done = 0usize;
-        while done < pages {
-            let pa = frames[first + done];
-            let mut run = 1;
-            while done + run < pages && frames[first + done + run] == pa + run as u64 * PAGE {
-                run += 1;
-            }
-            let at = iova + done as u64 * PAGE;
-            if let Err(e) = self.hw.map(domain, at, pa, run as u64 * PAGE, perm) {
+        let mut done = 0u64;
+        for (rel, pa, n) in frames.runs(memory.offset / PAGE, len / PAGE) {
+            if let Err(e) = self.hw.map(domain, iova + rel * PAGE, pa, n * PAGE, perm) {
                 if done > 0 {
                     // Nothing was reported mapped yet, so no device was told to use it;
                     // the invalidation in unmap still covers any speculative walk.
-                    self.hw.unmap(domain, iova, done as u64 * PAGE)?;
+                    self.hw.unmap(domain, iova, done * PAGE)?;
                 }
                 return Err(e);
             }
-            done += run;
+            done = rel + n;
         }
         let a = self.ioas[i as usize].as_mut().expect("owned");
         a.maps.insert(
@@ -596,12 +589,17 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
 
     fn unmap(&mut self, client: u32, ioas: IoasId, iova: u64, len: u64) -> Result<u64, Error> {
         let i = self.owned_ioas(client, ioas)?;
-        let found = self.ioas[i as usize]
+        let a = self.ioas[i as usize].as_ref().expect("owned");
+        let end = a.check_covered(iova, len)?;
+        let mut total = 0;
+        while let Some((start, m)) = self.ioas[i as usize]
             .as_ref()
             .expect("owned")
-            .covered(iova, len)?;
-        let mut total = 0;
-        for (start, m) in found {
+            .maps
+            .range(iova..end)
+            .next()
+            .map(|(&s, m)| (s, *m))
+        {
             self.unmap_one(i, start, m)?;
             total += m.len;
         }
@@ -716,7 +714,7 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
         if ring
             .offset
             .checked_add(need)
-            .is_none_or(|end| end > region.frames.len() as u64 * PAGE)
+            .is_none_or(|end| end > region.frames.bytes())
         {
             return Err(Error::Invalid);
         }
@@ -899,7 +897,7 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
             if r.as_ref().is_some_and(|r| r.owner == client) {
                 let region = r.take().expect("checked");
                 debug_assert_eq!(region.pins, 0, "a dead client's region is still pinned");
-                frames.extend(region.frames);
+                frames.extend(region.frames.to_vec());
             }
         }
         Ok(frames)

@@ -48,11 +48,9 @@ impl ClientEndpoint for SimClient {
 
     fn call(&mut self, msg: &[u8], reply: &mut [u8]) -> Result<usize, SysError> {
         let caps = std::mem::take(&mut self.caps);
-        let r = self.ctx.call(self.ep, msg, &caps)?;
-        self.reply_caps = r.caps;
-        let n = r.bytes.len().min(reply.len());
-        reply[..n].copy_from_slice(&r.bytes[..n]);
-        Ok(n)
+        let (len, reply_caps) = self.ctx.call_into(self.ep, msg, &caps, reply)?;
+        self.reply_caps = reply_caps;
+        Ok(len.min(reply.len()))
     }
 }
 
@@ -78,7 +76,9 @@ impl ReceivedCaps {
 pub struct SimServer<'a> {
     ctx: Ctx,
     ep: CPtr,
-    pending_reply: Option<Vec<u8>>,
+    /// The reply to send with the next receive (reused: replying allocates nothing).
+    reply: Vec<u8>,
+    reply_pending: bool,
     caps: ReceivedCaps,
     on_signal: Box<dyn FnMut(u64) + 'a>,
 }
@@ -88,7 +88,8 @@ impl<'a> SimServer<'a> {
         SimServer {
             ctx,
             ep,
-            pending_reply: None,
+            reply: Vec::new(),
+            reply_pending: false,
             caps: ReceivedCaps::default(),
             on_signal: Box::new(|_| {}),
         }
@@ -116,22 +117,23 @@ impl ServerEndpoint for SimServer<'_> {
             self.ctx.delete(c)?;
         }
         loop {
-            let r = match self.pending_reply.take() {
-                Some(reply) => self.ctx.reply_recv(self.ep, &reply, &[])?,
-                None => self.ctx.recv(self.ep)?,
+            let r = if std::mem::take(&mut self.reply_pending) {
+                self.ctx.reply_recv_into(self.ep, &self.reply, &[], buf)?
+            } else {
+                self.ctx.recv_into(self.ep, buf)?
             };
             if r.kind == RecvKind::Notification {
                 (self.on_signal)(r.badge);
                 continue;
             }
             self.caps.set(r.caps);
-            let n = r.bytes.len().min(buf.len());
-            buf[..n].copy_from_slice(&r.bytes[..n]);
-            return Ok((r.badge, r.bytes.len()));
+            return Ok((r.badge, r.len));
         }
     }
 
     fn reply(&mut self, msg: &[u8]) {
-        self.pending_reply = Some(msg.to_vec());
+        self.reply.clear();
+        self.reply.extend_from_slice(msg);
+        self.reply_pending = true;
     }
 }

@@ -74,15 +74,16 @@ pub enum Wait {
     Notification(u32),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PState {
     /// Created, not started.
     Created,
     Ready,
     Blocked(Wait),
-    /// Killed; its coroutine still has to unwind.
-    Dying(Exit),
-    Dead(Exit),
+    /// Ended ([`ProcObj::exit`] says how); its coroutine still has to unwind.
+    Dying,
+    /// Ended ([`ProcObj::exit`] says how).
+    Dead,
 }
 
 /// How a received message arrived.
@@ -108,6 +109,18 @@ pub struct Received {
     pub caps: Vec<CPtr>,
 }
 
+/// A received message whose bytes were copied into the receiver's buffer
+/// ([`crate::Ctx::recv_into`], [`crate::Ctx::reply_recv_into`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedInto {
+    /// As in [`Received`].
+    pub badge: u64,
+    pub kind: RecvKind,
+    /// The message's length (bytes beyond the buffer were not copied).
+    pub len: usize,
+    pub caps: Vec<CPtr>,
+}
+
 /// A reply to a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -115,9 +128,18 @@ pub struct Reply {
     pub caps: Vec<CPtr>,
 }
 
+/// What a blocking call returned with. Message and reply bytes are in the process's
+/// message buffer ([`ProcObj::msg`], its IPC buffer), so handing a message over copies it
+/// once and allocates nothing.
 pub(crate) enum Inbox {
-    Message(Received),
-    Reply(Reply),
+    Message {
+        badge: u64,
+        kind: RecvKind,
+        caps: Vec<CPtr>,
+    },
+    Reply {
+        caps: Vec<CPtr>,
+    },
     Signal(u64),
 }
 
@@ -288,11 +310,16 @@ struct IommuObj {
 pub(crate) struct ProcObj {
     pub name: String,
     pub daemon: bool,
-    pub state: PState,
+    /// Set only through [`Kernel::set_state`] (which keeps the scheduler's lists).
+    state: PState,
+    /// How it ended, once it has.
+    exit: Option<Exit>,
     cspace: Vec<Option<Cap>>,
     pub names: BTreeMap<String, CPtr>,
     pub entries: u64,
     pub inbox: Option<Inbox>,
+    /// The bytes of the last message or reply delivered to it (its IPC buffer).
+    pub msg: Vec<u8>,
     reply_to: Option<Pid>,
     bound: Option<u32>,
     fault: Option<(u32, u64)>,
@@ -329,6 +356,57 @@ pub(crate) struct Kernel {
     pub trace_hash: u64,
     pub notes: Vec<Note>,
     pub shutting_down: bool,
+    /// The ready processes (kept by `set_state`).
+    ready: PidSet,
+    /// How many processes are dying (their coroutines still have to unwind).
+    dying: u32,
+    /// How many devices have DMA jobs.
+    busy_devices: u32,
+}
+
+/// A set of pids, as a bit set: the ready processes, which the scheduler counts and picks
+/// from at every kernel entry.
+#[derive(Debug, Default)]
+struct PidSet {
+    words: Vec<u64>,
+    len: u32,
+}
+
+impl PidSet {
+    #[inline]
+    fn set(&mut self, pid: Pid, member: bool) {
+        let (w, bit) = ((pid / 64) as usize, 1u64 << (pid % 64));
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+        }
+        let was = self.words[w] & bit != 0;
+        if member && !was {
+            self.words[w] |= bit;
+            self.len += 1;
+        } else if !member && was {
+            self.words[w] &= !bit;
+            self.len -= 1;
+        }
+    }
+
+    fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// The `k`-th member in pid order (`k < len`).
+    fn nth(&self, mut k: u32) -> Pid {
+        for (i, &w) in self.words.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                if k == 0 {
+                    return i as Pid * 64 + w.trailing_zeros();
+                }
+                w &= w - 1;
+                k -= 1;
+            }
+        }
+        unreachable!("k < len")
+    }
 }
 
 fn mix(h: u64, v: u64) -> u64 {
@@ -356,9 +434,13 @@ impl Kernel {
             trace_hash: 0xcbf2_9ce4_8422_2325,
             notes: Vec::new(),
             shutting_down: false,
+            ready: PidSet::default(),
+            dying: 0,
+            busy_devices: 0,
         }
     }
 
+    #[inline]
     fn record(&mut self, e: Event) {
         let v = match e {
             Event::Syscall { step, pid, call } => mix(mix(step, u64::from(pid)), call as u64),
@@ -455,10 +537,12 @@ impl Kernel {
             name: name.into(),
             daemon,
             state: PState::Created,
+            exit: None,
             cspace: vec![None],
             names: BTreeMap::new(),
             entries: 0,
             inbox: None,
+            msg: Vec::new(),
             reply_to: None,
             bound: None,
             fault: None,
@@ -467,6 +551,32 @@ impl Kernel {
             mapped: Vec::new(),
         });
         self.procs.len() as u32 - 1
+    }
+
+    /// A process's state.
+    pub fn state(&self, pid: Pid) -> &PState {
+        &self.procs[pid as usize].state
+    }
+
+    /// Sets a process's state, keeping the ready list and the dying count.
+    #[inline]
+    pub fn set_state(&mut self, pid: Pid, state: PState) {
+        let p = &mut self.procs[pid as usize];
+        let was_ready = matches!(p.state, PState::Ready);
+        let was_dying = matches!(p.state, PState::Dying);
+        let ready = matches!(state, PState::Ready);
+        let dying = matches!(state, PState::Dying);
+        p.state = state;
+        if ready != was_ready {
+            self.ready.set(pid, ready);
+        }
+        if dying != was_dying {
+            if dying {
+                self.dying += 1;
+            } else {
+                self.dying -= 1;
+            }
+        }
     }
 
     // ----- capability spaces -----
@@ -511,6 +621,16 @@ impl Kernel {
             p.names.insert(n.into(), slot as CPtr);
         }
         slot as CPtr
+    }
+
+    /// Puts capabilities (already retained) into free slots of `pid`'s space.
+    fn install_all(&mut self, pid: Pid, caps: Vec<Cap>) -> Vec<CPtr> {
+        if caps.is_empty() {
+            return Vec::new();
+        }
+        caps.into_iter()
+            .map(|c| self.install(pid, c, None))
+            .collect()
     }
 
     /// Creates `obj` and a capability with every right to it in `pid`'s space.
@@ -615,6 +735,7 @@ impl Kernel {
     // ----- entering the kernel, dying -----
 
     /// Counts a kernel entry of `pid` (a step) and fires the kill points it reaches.
+    #[inline]
     pub fn enter(&mut self, pid: Pid, call: Syscall) {
         self.tick();
         self.procs[pid as usize].entries += 1;
@@ -638,8 +759,15 @@ impl Kernel {
 
     /// Advances time by one step and fires the step kill points. A point whose process
     /// has not been started yet waits for it; one whose process already ended is dropped.
+    #[inline]
     fn tick(&mut self) {
         self.step += 1;
+        if !self.inject.kills.is_empty() {
+            self.fire_step_kills();
+        }
+    }
+
+    fn fire_step_kills(&mut self) {
         let mut i = 0;
         while i < self.inject.kills.len() {
             let KillPoint::AtStep { process, step } = &self.inject.kills[i] else {
@@ -672,17 +800,26 @@ impl Kernel {
         }
     }
 
+    /// Ends a process with a coroutine at shutdown (its coroutine then unwinds);
+    /// one already dying keeps how it ended.
+    pub fn shut_down(&mut self, pid: Pid) {
+        if self.procs[pid as usize].state != PState::Dying {
+            self.procs[pid as usize].exit = Some(Exit::Shutdown);
+            self.set_state(pid, PState::Dying);
+        }
+    }
+
     pub fn is_dying(&self, pid: Pid) -> bool {
-        matches!(self.procs[pid as usize].state, PState::Dying(_))
+        matches!(self.procs[pid as usize].state, PState::Dying)
     }
 
     /// Ends a process: it leaves every queue, its capabilities are deleted (frames whose
     /// last reference it held return to the pool), and its supervisor is told. Its
     /// coroutine, if it has one, unwinds when next resumed.
     pub fn kill(&mut self, pid: Pid, exit: Exit) {
-        let state = self.procs[pid as usize].state.clone();
+        let state = self.procs[pid as usize].state;
         match state {
-            PState::Dying(_) | PState::Dead(_) => return,
+            PState::Dying | PState::Dead => return,
             PState::Blocked(Wait::Receive(e)) => {
                 self.eps[e as usize].receivers.retain(|&r| r != pid);
             }
@@ -713,11 +850,15 @@ impl Kernel {
         let has_coroutine = p.has_coroutine;
         let name = p.name.clone();
         p.entry = None;
-        p.state = if has_coroutine {
-            PState::Dying(exit.clone())
-        } else {
-            PState::Dead(exit.clone())
-        };
+        p.exit = Some(exit.clone());
+        self.set_state(
+            pid,
+            if has_coroutine {
+                PState::Dying
+            } else {
+                PState::Dead
+            },
+        );
         for c in caps.into_iter().chain(mapped) {
             self.release(c);
         }
@@ -742,11 +883,10 @@ impl Kernel {
 
     /// The coroutine of a dying process has unwound (or its program ended).
     pub fn reaped(&mut self, pid: Pid) {
-        let p = &mut self.procs[pid as usize];
-        if let PState::Dying(e) = &p.state {
-            p.state = PState::Dead(e.clone());
+        if self.procs[pid as usize].state == PState::Dying {
+            self.set_state(pid, PState::Dead);
         }
-        p.has_coroutine = false;
+        self.procs[pid as usize].has_coroutine = false;
     }
 
     // ----- IPC -----
@@ -761,6 +901,9 @@ impl Kernel {
 
     /// Snapshots the capabilities a message carries (each retained).
     fn carried(&mut self, pid: Pid, caps: &[CPtr]) -> Result<Vec<Cap>, SysError> {
+        if caps.is_empty() {
+            return Ok(Vec::new());
+        }
         let caps = caps
             .iter()
             .map(|&s| self.cap(pid, s))
@@ -789,33 +932,39 @@ impl Kernel {
             unreachable!("checked kind")
         };
         let caps = self.carried(pid, caps)?;
-        let m = Pending {
+        let delay = if blocking { self.delay() } else { 0 };
+        let e = &mut self.eps[ep as usize];
+        // A receiver waits and no message is queued before this one: hand it over now
+        // (the path every call to an idle server takes). Non-blocking sends are only
+        // delivered this way.
+        if !blocking || (delay == 0 && e.queue.is_empty()) {
+            match e.receivers.pop_front() {
+                Some(r) => {
+                    self.deliver(r, Some(pid), cap.badge, bytes, caps, call);
+                    return Ok(true);
+                }
+                None if !blocking => {
+                    // seL4_NBSend: dropped when nobody waits.
+                    for c in caps {
+                        self.release(c);
+                    }
+                    return Ok(false);
+                }
+                None => {}
+            }
+        }
+        self.eps[ep as usize].queue.push_back(Pending {
             from: Some(pid),
             badge: cap.badge,
             bytes: bytes.to_vec(),
             caps,
             call,
-            ready_at: self.step,
-        };
-        if !blocking {
-            // seL4_NBSend: delivered only if a receiver waits now, else dropped.
-            match self.eps[ep as usize].receivers.pop_front() {
-                Some(r) => self.deliver(r, m),
-                None => {
-                    for c in m.caps {
-                        self.release(c);
-                    }
-                    return Ok(false);
-                }
-            }
-            return Ok(true);
-        }
-        let ready_at = self.step + self.delay();
-        self.eps[ep as usize]
-            .queue
-            .push_back(Pending { ready_at, ..m });
-        self.procs[pid as usize].state =
-            PState::Blocked(if call { Wait::Call(ep) } else { Wait::Send(ep) });
+            ready_at: self.step + delay,
+        });
+        self.set_state(
+            pid,
+            PState::Blocked(if call { Wait::Call(ep) } else { Wait::Send(ep) }),
+        );
         self.try_deliver(ep);
         Ok(true)
     }
@@ -830,13 +979,12 @@ impl Kernel {
         if let Some(n) = self.procs[pid as usize].bound {
             let word = std::mem::take(&mut self.ntfns[n as usize].word);
             if word != 0 {
-                let p = &mut self.procs[pid as usize];
-                p.inbox = Some(Inbox::Signal(word));
-                p.state = PState::Ready;
+                self.procs[pid as usize].inbox = Some(Inbox::Signal(word));
+                self.set_state(pid, PState::Ready);
                 return Ok(true);
             }
         }
-        self.procs[pid as usize].state = PState::Blocked(Wait::Receive(ep));
+        self.set_state(pid, PState::Blocked(Wait::Receive(ep)));
         self.eps[ep as usize].receivers.push_back(pid);
         self.try_deliver(ep);
         Ok(matches!(self.procs[pid as usize].state, PState::Ready))
@@ -858,16 +1006,12 @@ impl Kernel {
             }
             return Ok(());
         }
-        let slots = caps
-            .into_iter()
-            .map(|c| self.install(caller, c, None))
-            .collect();
+        let slots = self.install_all(caller, caps);
         let c = &mut self.procs[caller as usize];
-        c.inbox = Some(Inbox::Reply(Reply {
-            bytes: bytes.to_vec(),
-            caps: slots,
-        }));
-        c.state = PState::Ready;
+        c.msg.clear();
+        c.msg.extend_from_slice(bytes);
+        c.inbox = Some(Inbox::Reply { caps: slots });
+        self.set_state(caller, PState::Ready);
         Ok(())
     }
 
@@ -910,39 +1054,42 @@ impl Kernel {
                 .receivers
                 .pop_front()
                 .expect("checked");
-            self.deliver(r, m);
+            self.deliver(r, m.from, m.badge, &m.bytes, m.caps, m.call);
         }
     }
 
-    /// Hands message `m` to receiver `r`; a caller then waits for `r`'s reply, a sender
-    /// goes on.
-    fn deliver(&mut self, r: Pid, m: Pending) {
-        let slots: Vec<CPtr> = m
-            .caps
-            .into_iter()
-            .map(|c| self.install(r, c, None))
-            .collect();
-        let kind = if m.call {
-            RecvKind::Call
-        } else {
-            RecvKind::Send
-        };
+    /// Hands a message to receiver `r`; a caller (`from`, `None` for the kernel) then waits
+    /// for `r`'s reply, a sender goes on.
+    fn deliver(
+        &mut self,
+        r: Pid,
+        from: Option<Pid>,
+        badge: u64,
+        bytes: &[u8],
+        caps: Vec<Cap>,
+        call: bool,
+    ) {
+        let slots = self.install_all(r, caps);
+        let kind = if call { RecvKind::Call } else { RecvKind::Send };
         let rp = &mut self.procs[r as usize];
-        rp.inbox = Some(Inbox::Message(Received {
-            badge: m.badge,
+        rp.msg.clear();
+        rp.msg.extend_from_slice(bytes);
+        rp.inbox = Some(Inbox::Message {
+            badge,
             kind,
-            bytes: m.bytes,
             caps: slots,
-        }));
-        rp.state = PState::Ready;
-        rp.reply_to = None;
-        if let Some(s) = m.from {
-            if m.call {
-                self.procs[r as usize].reply_to = Some(s);
-                self.procs[s as usize].state = PState::Blocked(Wait::Reply(r));
-            } else {
-                self.procs[s as usize].state = PState::Ready;
-            }
+        });
+        rp.reply_to = if call { from } else { None };
+        self.set_state(r, PState::Ready);
+        if let Some(s) = from {
+            self.set_state(
+                s,
+                if call {
+                    PState::Blocked(Wait::Reply(r))
+                } else {
+                    PState::Ready
+                },
+            );
         }
     }
 
@@ -957,13 +1104,19 @@ impl Kernel {
             .min()
     }
 
-    fn deliver_due(&mut self) {
+    /// Delivers delayed messages that became due to waiting receivers; returns whether
+    /// any was delivered.
+    fn deliver_due(&mut self) -> bool {
+        let mut any = false;
         for ep in 0..self.eps.len() as u32 {
             let e = &self.eps[ep as usize];
             if !e.receivers.is_empty() && !e.queue.is_empty() {
+                let before = self.eps[ep as usize].queue.len();
                 self.try_deliver(ep);
+                any |= self.eps[ep as usize].queue.len() != before;
             }
         }
+        any
     }
 
     // ----- notifications -----
@@ -971,18 +1124,16 @@ impl Kernel {
     fn notify(&mut self, n: u32, badge: u64) {
         let nt = &mut self.ntfns[n as usize];
         if let Some(w) = nt.waiters.pop_front() {
-            let p = &mut self.procs[w as usize];
-            p.inbox = Some(Inbox::Signal(badge));
-            p.state = PState::Ready;
+            self.procs[w as usize].inbox = Some(Inbox::Signal(badge));
+            self.set_state(w, PState::Ready);
             return;
         }
         if let Some(b) = nt.bound {
             if let PState::Blocked(Wait::Receive(ep)) = self.procs[b as usize].state {
                 self.eps[ep as usize].receivers.retain(|&r| r != b);
                 let word = std::mem::take(&mut self.ntfns[n as usize].word) | badge;
-                let p = &mut self.procs[b as usize];
-                p.inbox = Some(Inbox::Signal(word));
-                p.state = PState::Ready;
+                self.procs[b as usize].inbox = Some(Inbox::Signal(word));
+                self.set_state(b, PState::Ready);
                 return;
             }
         }
@@ -1009,7 +1160,7 @@ impl Kernel {
             return Ok(Some(word));
         }
         self.ntfns[n as usize].waiters.push_back(pid);
-        self.procs[pid as usize].state = PState::Blocked(Wait::Notification(n));
+        self.set_state(pid, PState::Blocked(Wait::Notification(n)));
         Ok(None)
     }
 
@@ -1176,6 +1327,9 @@ impl Kernel {
         }
         let id = d.next_id;
         d.next_id += 1;
+        if d.jobs.is_empty() {
+            self.busy_devices += 1;
+        }
         d.jobs.push_back(ActiveJob { id, job, done: 0 });
         Ok(id)
     }
@@ -1343,6 +1497,9 @@ impl Kernel {
             } else {
                 let id = a.id;
                 dev.jobs.pop_front();
+                if dev.jobs.is_empty() {
+                    self.busy_devices -= 1;
+                }
                 dev.finished.push(JobStatus { id, result });
                 if let Some((n, badge)) = dev.completion {
                     self.notify(n, badge);
@@ -1362,24 +1519,27 @@ impl Kernel {
     /// delivery when nothing else can happen.
     pub fn schedule(&mut self) -> Next {
         loop {
-            if let Some(p) = self
-                .procs
-                .iter()
-                .position(|p| matches!(p.state, PState::Dying(_)) && p.has_coroutine)
-            {
-                return Next::Run(p as Pid);
+            // A dying process runs first (to unwind its coroutine), else one of the ready
+            // ones (kept in pid order by `set_state`).
+            if self.dying > 0 {
+                if let Some(p) = self
+                    .procs
+                    .iter()
+                    .position(|p| matches!(p.state, PState::Dying) && p.has_coroutine)
+                {
+                    return Next::Run(p as Pid);
+                }
             }
             if self.shutting_down {
                 return Next::Idle;
             }
-            self.deliver_due();
-            let ready = self
-                .procs
-                .iter()
-                .filter(|p| matches!(p.state, PState::Ready))
-                .count() as u64;
-            let busy = self.devices.iter().filter(|d| !d.jobs.is_empty()).count() as u64;
-            if ready + busy == 0 {
+            // Without delays every message is delivered when sent or received.
+            if self.inject.delay_per_mille > 0 && self.deliver_due() {
+                continue;
+            }
+            let count = u64::from(self.ready.len());
+            let busy = u64::from(self.busy_devices);
+            if count + busy == 0 {
                 match self.next_due() {
                     Some(t) => {
                         while self.step < t {
@@ -1390,24 +1550,20 @@ impl Kernel {
                     None => return Next::Idle,
                 }
             }
-            let k = self.rng.below(ready + busy);
-            if k < ready {
-                let p = self
-                    .procs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| matches!(p.state, PState::Ready))
-                    .nth(k as usize)
-                    .expect("counted")
-                    .0;
-                return Next::Run(p as Pid);
+            let k = if count + busy == 1 {
+                0
+            } else {
+                self.rng.below(count + busy)
+            };
+            if k < count {
+                return Next::Run(self.ready.nth(k as u32));
             }
             let d = self
                 .devices
                 .iter()
                 .enumerate()
                 .filter(|(_, d)| !d.jobs.is_empty())
-                .nth((k - ready) as usize)
+                .nth((k - count) as usize)
                 .expect("counted")
                 .0;
             self.device_step(d as u32);
@@ -1459,10 +1615,7 @@ impl Kernel {
         rights: Rights,
     ) -> Result<CPtr, SysError> {
         let c = self.child(pid, process)?;
-        if matches!(
-            self.procs[c as usize].state,
-            PState::Dying(_) | PState::Dead(_)
-        ) {
+        if matches!(self.procs[c as usize].state, PState::Dying | PState::Dead) {
             return Err(SysError::IllegalOperation);
         }
         let cap = match badge {
@@ -1494,7 +1647,7 @@ impl Kernel {
         if self.procs[c as usize].state != PState::Created {
             return Err(SysError::IllegalOperation);
         }
-        self.procs[c as usize].state = PState::Ready;
+        self.set_state(c, PState::Ready);
         Ok(c)
     }
 
@@ -1571,7 +1724,7 @@ impl Kernel {
         self.procs
             .iter()
             .filter_map(|p| match &p.state {
-                PState::Dead(e) | PState::Dying(e) => Some((p.name.clone(), e.clone())),
+                PState::Dead | PState::Dying => p.exit.clone().map(|e| (p.name.clone(), e)),
                 _ => None,
             })
             .collect()
@@ -1604,4 +1757,27 @@ pub enum Create {
         daemon: bool,
         entry: Entry,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_set_counts_and_picks_in_pid_order() {
+        let mut s = PidSet::default();
+        for p in [130, 3, 64, 0, 63] {
+            s.set(p, true);
+        }
+        s.set(3, true); // already a member: no change
+        assert_eq!(s.len(), 5);
+        let members: Vec<Pid> = (0..s.len()).map(|k| s.nth(k)).collect();
+        assert_eq!(members, vec![0, 3, 63, 64, 130]);
+        s.set(63, false);
+        s.set(63, false); // not a member any more: no change
+        s.set(7, false); // never a member
+        assert_eq!(s.len(), 4);
+        let members: Vec<Pid> = (0..s.len()).map(|k| s.nth(k)).collect();
+        assert_eq!(members, vec![0, 3, 64, 130]);
+    }
 }

@@ -63,8 +63,8 @@ use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 pub use cap::{CPtr, CapInfo, ObjKind, Pid, Rights, SysError};
 pub use kernel::{
-    DeathCause, Entry, Event, Exit, Injection, KillPoint, Note, Received, RecvKind, Reply, Syscall,
-    Wait,
+    DeathCause, Entry, Event, Exit, Injection, KillPoint, Note, Received, ReceivedInto, RecvKind,
+    Reply, Syscall, Wait,
 };
 pub use rng::SplitMix64;
 pub use sim_physmem::{PhysMem, SimDma, FRAME};
@@ -425,7 +425,7 @@ impl Sim {
         for g in caps {
             k.install_outside(pid, g.object.0, g.badge, g.rights, g.name);
         }
-        k.procs[pid as usize].state = PState::Ready;
+        k.set_state(pid, PState::Ready);
         self.shared
             .start_process(&mut k, pid)
             .expect("reserve a process stack");
@@ -448,7 +448,7 @@ impl Sim {
             let n = k.device_name(d).to_string();
             k.install_new(pid, Obj::Device(d), Some(&format!("device:{n}")));
         }
-        k.procs[pid as usize].state = PState::Ready;
+        k.set_state(pid, PState::Ready);
         self.shared
             .start_process(&mut k, pid)
             .expect("reserve a process stack");
@@ -513,9 +513,7 @@ impl Sim {
             if !k.procs[p as usize].has_coroutine {
                 continue;
             }
-            if !matches!(k.procs[p as usize].state, PState::Dying(_)) {
-                k.procs[p as usize].state = PState::Dying(Exit::Shutdown);
-            }
+            k.shut_down(p);
             drop(k);
             self.shared.drive(Next::Run(p));
         }
@@ -596,7 +594,7 @@ impl Ctx {
             self.pid
         );
         let mut k = self.shared.kernel();
-        if std::thread::panicking() || !matches!(k.procs[self.pid as usize].state, PState::Ready) {
+        if std::thread::panicking() || !matches!(k.state(self.pid), PState::Ready) {
             return Err(SysError::IllegalOperation);
         }
         k.enter(self.pid, call);
@@ -623,9 +621,18 @@ impl Ctx {
         r
     }
 
-    fn inbox(&self, mut k: RefMut<'_, Kernel>) -> Inbox {
+    fn inbox(&self, k: &mut Kernel) -> Inbox {
         k.take_inbox(self.pid)
             .expect("a process woken from a blocking call has its result")
+    }
+
+    /// Copies the message buffer into `out` (as much as fits); returns the message's
+    /// length.
+    fn copy_msg(&self, k: &Kernel, out: &mut [u8]) -> usize {
+        let msg = &k.procs[self.pid as usize].msg;
+        let n = msg.len().min(out.len());
+        out[..n].copy_from_slice(&msg[..n]);
+        msg.len()
     }
 
     // ----- IPC -----
@@ -634,10 +641,32 @@ impl Ctx {
     pub fn call(&self, ep: CPtr, msg: &[u8], caps: &[CPtr]) -> Result<Reply, SysError> {
         let mut k = self.enter(Syscall::Call)?;
         let r = k.send(self.pid, ep, msg, caps, true, true);
-        let k = self.leave(k);
+        let mut k = self.leave(k);
         r?;
-        match self.inbox(k) {
-            Inbox::Reply(r) => Ok(r),
+        match self.inbox(&mut k) {
+            Inbox::Reply { caps } => Ok(Reply {
+                bytes: k.procs[self.pid as usize].msg.clone(),
+                caps,
+            }),
+            _ => unreachable!("a caller is woken by a reply"),
+        }
+    }
+
+    /// [`Ctx::call`] with the reply copied into `reply` (as much as fits) instead of a new
+    /// buffer; returns the reply's length and the capabilities that came with it.
+    pub fn call_into(
+        &self,
+        ep: CPtr,
+        msg: &[u8],
+        caps: &[CPtr],
+        reply: &mut [u8],
+    ) -> Result<(usize, Vec<CPtr>), SysError> {
+        let mut k = self.enter(Syscall::Call)?;
+        let r = k.send(self.pid, ep, msg, caps, true, true);
+        let mut k = self.leave(k);
+        r?;
+        match self.inbox(&mut k) {
+            Inbox::Reply { caps } => Ok((self.copy_msg(&k, reply), caps)),
             _ => unreachable!("a caller is woken by a reply"),
         }
     }
@@ -656,16 +685,34 @@ impl Ctx {
         })
     }
 
-    fn received(&self, k: RefMut<'_, Kernel>) -> Received {
-        match self.inbox(k) {
-            Inbox::Message(m) => m,
-            Inbox::Signal(word) => Received {
+    /// What a receive returned with; the bytes copied into `out`.
+    fn received_into(&self, mut k: RefMut<'_, Kernel>, out: &mut [u8]) -> ReceivedInto {
+        match self.inbox(&mut k) {
+            Inbox::Message { badge, kind, caps } => ReceivedInto {
+                badge,
+                kind,
+                len: self.copy_msg(&k, out),
+                caps,
+            },
+            Inbox::Signal(word) => ReceivedInto {
                 badge: word,
                 kind: RecvKind::Notification,
-                bytes: Vec::new(),
+                len: 0,
                 caps: Vec::new(),
             },
-            Inbox::Reply(_) => unreachable!("a receiver is woken by a message"),
+            Inbox::Reply { .. } => unreachable!("a receiver is woken by a message"),
+        }
+    }
+
+    fn received(&self, k: RefMut<'_, Kernel>) -> Received {
+        let mut bytes = vec![0; k.procs[self.pid as usize].msg.len()];
+        let r = self.received_into(k, &mut bytes);
+        bytes.truncate(r.len);
+        Received {
+            badge: r.badge,
+            kind: r.kind,
+            bytes,
+            caps: r.caps,
         }
     }
 
@@ -676,6 +723,15 @@ impl Ctx {
         let k = self.leave(k);
         r?;
         Ok(self.received(k))
+    }
+
+    /// [`Ctx::recv`] with the message copied into `out` (as much as fits).
+    pub fn recv_into(&self, ep: CPtr, out: &mut [u8]) -> Result<ReceivedInto, SysError> {
+        let mut k = self.enter(Syscall::Recv)?;
+        let r = k.recv(self.pid, ep);
+        let k = self.leave(k);
+        r?;
+        Ok(self.received_into(k, out))
     }
 
     /// Replies to the last call received (dropped if the caller is gone).
@@ -694,6 +750,23 @@ impl Ctx {
         Ok(self.received(k))
     }
 
+    /// [`Ctx::reply_recv`] with the next message copied into `out` (as much as fits).
+    pub fn reply_recv_into(
+        &self,
+        ep: CPtr,
+        msg: &[u8],
+        caps: &[CPtr],
+        out: &mut [u8],
+    ) -> Result<ReceivedInto, SysError> {
+        let mut k = self.enter(Syscall::ReplyRecv)?;
+        let r = k
+            .reply(self.pid, msg, caps)
+            .and_then(|_| k.recv(self.pid, ep));
+        let k = self.leave(k);
+        r?;
+        Ok(self.received_into(k, out))
+    }
+
     pub fn signal(&self, ntfn: CPtr) -> Result<(), SysError> {
         self.simple(Syscall::Signal, |k, p| k.signal(p, ntfn))
     }
@@ -702,10 +775,10 @@ impl Ctx {
     pub fn wait(&self, ntfn: CPtr) -> Result<u64, SysError> {
         let mut k = self.enter(Syscall::Wait)?;
         let r = k.wait(self.pid, ntfn, true);
-        let k = self.leave(k);
+        let mut k = self.leave(k);
         match r? {
             Some(w) => Ok(w),
-            None => match self.inbox(k) {
+            None => match self.inbox(&mut k) {
                 Inbox::Signal(w) => Ok(w),
                 _ => unreachable!("a waiter is woken by a signal"),
             },
@@ -911,7 +984,7 @@ impl Ctx {
             let started = shared.start_process(k, child);
             if started.is_err() {
                 // No stack for it: it stays created.
-                k.procs[child as usize].state = PState::Created;
+                k.set_state(child, PState::Created);
             }
             started
         })
