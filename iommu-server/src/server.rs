@@ -590,6 +590,12 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
     fn unmap(&mut self, client: u32, ioas: IoasId, iova: u64, len: u64) -> Result<u64, Error> {
         let i = self.owned_ioas(client, ioas)?;
         let a = self.ioas[i as usize].as_ref().expect("owned");
+        // The usual request names one mapping exactly: mappings are disjoint, so it is
+        // all the range holds.
+        if let Some(&m) = a.maps.get(&iova).filter(|m| m.len == len) {
+            self.unmap_one(i, iova, m)?;
+            return Ok(len);
+        }
         let end = a.check_covered(iova, len)?;
         let mut total = 0;
         while let Some((start, m)) = self.ioas[i as usize]
