@@ -639,15 +639,27 @@ impl Ctx {
 
     /// Sends `msg` (and `caps`, which needs the grant right) and waits for the reply.
     pub fn call(&self, ep: CPtr, msg: &[u8], caps: &[CPtr]) -> Result<Reply, SysError> {
+        let (k, caps) = self.call_entry(ep, msg, caps)?;
+        Ok(Reply {
+            bytes: k.procs[self.pid as usize].msg.clone(),
+            caps,
+        })
+    }
+
+    /// The kernel entry of a call; returns with the reply's capabilities (its bytes are
+    /// in the message buffer).
+    fn call_entry(
+        &self,
+        ep: CPtr,
+        msg: &[u8],
+        caps: &[CPtr],
+    ) -> Result<(RefMut<'_, Kernel>, Vec<CPtr>), SysError> {
         let mut k = self.enter(Syscall::Call)?;
         let r = k.send(self.pid, ep, msg, caps, true, true);
         let mut k = self.leave(k);
         r?;
         match self.inbox(&mut k) {
-            Inbox::Reply { caps } => Ok(Reply {
-                bytes: k.procs[self.pid as usize].msg.clone(),
-                caps,
-            }),
+            Inbox::Reply { caps } => Ok((k, caps)),
             _ => unreachable!("a caller is woken by a reply"),
         }
     }
@@ -661,14 +673,8 @@ impl Ctx {
         caps: &[CPtr],
         reply: &mut [u8],
     ) -> Result<(usize, Vec<CPtr>), SysError> {
-        let mut k = self.enter(Syscall::Call)?;
-        let r = k.send(self.pid, ep, msg, caps, true, true);
-        let mut k = self.leave(k);
-        r?;
-        match self.inbox(&mut k) {
-            Inbox::Reply { caps } => Ok((self.copy_msg(&k, reply), caps)),
-            _ => unreachable!("a caller is woken by a reply"),
-        }
+        let (k, caps) = self.call_entry(ep, msg, caps)?;
+        Ok((self.copy_msg(&k, reply), caps))
     }
 
     /// Sends `msg` and waits until a receiver took it.
@@ -718,20 +724,23 @@ impl Ctx {
 
     /// Waits for a message on `ep` (or a signal of the bound notification).
     pub fn recv(&self, ep: CPtr) -> Result<Received, SysError> {
-        let mut k = self.enter(Syscall::Recv)?;
-        let r = k.recv(self.pid, ep);
-        let k = self.leave(k);
-        r?;
+        let k = self.recv_entry(ep)?;
         Ok(self.received(k))
     }
 
     /// [`Ctx::recv`] with the message copied into `out` (as much as fits).
     pub fn recv_into(&self, ep: CPtr, out: &mut [u8]) -> Result<ReceivedInto, SysError> {
+        let k = self.recv_entry(ep)?;
+        Ok(self.received_into(k, out))
+    }
+
+    /// The kernel entry of a receive; returns once something arrived.
+    fn recv_entry(&self, ep: CPtr) -> Result<RefMut<'_, Kernel>, SysError> {
         let mut k = self.enter(Syscall::Recv)?;
         let r = k.recv(self.pid, ep);
         let k = self.leave(k);
         r?;
-        Ok(self.received_into(k, out))
+        Ok(k)
     }
 
     /// Replies to the last call received (dropped if the caller is gone).
@@ -739,14 +748,25 @@ impl Ctx {
         self.simple(Syscall::Reply, |k, p| k.reply(p, msg, caps))
     }
 
-    /// Replies, then waits for the next message, in one kernel entry.
-    pub fn reply_recv(&self, ep: CPtr, msg: &[u8], caps: &[CPtr]) -> Result<Received, SysError> {
+    /// The kernel entry of a reply-and-receive; returns once something arrived.
+    fn reply_recv_entry(
+        &self,
+        ep: CPtr,
+        msg: &[u8],
+        caps: &[CPtr],
+    ) -> Result<RefMut<'_, Kernel>, SysError> {
         let mut k = self.enter(Syscall::ReplyRecv)?;
         let r = k
             .reply(self.pid, msg, caps)
             .and_then(|_| k.recv(self.pid, ep));
         let k = self.leave(k);
         r?;
+        Ok(k)
+    }
+
+    /// Replies, then waits for the next message, in one kernel entry.
+    pub fn reply_recv(&self, ep: CPtr, msg: &[u8], caps: &[CPtr]) -> Result<Received, SysError> {
+        let k = self.reply_recv_entry(ep, msg, caps)?;
         Ok(self.received(k))
     }
 
@@ -758,12 +778,7 @@ impl Ctx {
         caps: &[CPtr],
         out: &mut [u8],
     ) -> Result<ReceivedInto, SysError> {
-        let mut k = self.enter(Syscall::ReplyRecv)?;
-        let r = k
-            .reply(self.pid, msg, caps)
-            .and_then(|_| k.recv(self.pid, ep));
-        let k = self.leave(k);
-        r?;
+        let k = self.reply_recv_entry(ep, msg, caps)?;
         Ok(self.received_into(k, out))
     }
 
