@@ -889,9 +889,10 @@ fn malformed_messages_get_error_replies_and_the_server_keeps_serving() {
     for garbage in [
         &[][..],
         &[1, 0],
-        &[1, 0, 0, 2, 0xff, 0xff],
+        &[2, 0, 0, 2, 0xff, 0xff],
         &[2, 0, 3, 2],
-        &[1, 0, 0x05, 0x02, 9],
+        &[2, 0, 0x05, 0x02, 9],
+        &[1, 0, 3, 2, 3],
     ] {
         let n = ipc_protocol::server::handle_message(&mut s, A, garbage, &mut reply);
         assert!(

@@ -1,8 +1,6 @@
 //! Typed calls: encode a request, call through a badged endpoint, decode the reply.
 
-use serde::de::DeserializeOwned;
-
-use crate::wire::{decode_reply, encode_request, Request, MAX_MESSAGE_BYTES};
+use crate::wire::{decode_reply, encode_request, Reply, Request, MAX_MESSAGE_BYTES};
 use crate::Error;
 use platform::ClientEndpoint;
 
@@ -22,7 +20,7 @@ impl<E> From<Error> for CallError<E> {
 }
 
 /// Sends `request` through `endpoint` and decodes the reply as `T`.
-pub fn call<C: ClientEndpoint, R: Request, T: DeserializeOwned>(
+pub fn call<C: ClientEndpoint, R: Request, T: Reply>(
     endpoint: &mut C,
     request: &R,
 ) -> Result<T, CallError<C::Error>> {

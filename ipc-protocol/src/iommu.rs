@@ -6,9 +6,12 @@
 //! capability and refers to it by the index the server gave it ([`MemoryRef`]).
 
 use serde::{Deserialize, Serialize};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::pasid::Pasid;
-use crate::wire::Request;
+use crate::wire::{Reply, Request};
+use crate::Error;
 
 /// First label of iommu-server's label range.
 pub const IOMMU_LABEL_BASE: u16 = 0x0200;
@@ -206,6 +209,42 @@ pub enum IommuRequest {
 
 impl IommuRequest {
     const COUNT: u16 = 20;
+    const MAP: u16 = IOMMU_LABEL_BASE + 5;
+    const UNMAP: u16 = IOMMU_LABEL_BASE + 6;
+}
+
+/// Fixed-layout body of [`IommuRequest::Map`] (34 bytes, little-endian, unaligned).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct MapBody {
+    pub ioas: U32,
+    /// 0: [`IovaPlacement::Fixed`] at `at`; 1: [`IovaPlacement::Anywhere`] aligned to `at`.
+    pub placement: u8,
+    pub perm: u8,
+    pub at: U64,
+    pub length: U64,
+    pub region: U32,
+    pub offset: U64,
+}
+
+/// Fixed-layout body of [`IommuRequest::Unmap`] (20 bytes).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct UnmapBody {
+    pub ioas: U32,
+    pub iova: U64,
+    pub length: U64,
+}
+
+/// Writes `record` as the whole body.
+fn put<T: IntoBytes + Immutable>(record: &T, body: &mut [u8]) -> Result<usize, Error> {
+    record.write_to_prefix(body).map_err(|_| Error::NoSpace)?;
+    Ok(core::mem::size_of_val(record))
+}
+
+/// Reads a body that must be exactly one `T`.
+fn get<T: FromBytes>(body: &[u8]) -> Result<T, Error> {
+    T::read_from_bytes(body).map_err(|_| Error::BadMessage)
 }
 
 impl Request for IommuRequest {
@@ -237,6 +276,71 @@ impl Request for IommuRequest {
 
     fn is_known_label(label: u16) -> bool {
         (IOMMU_LABEL_BASE..IOMMU_LABEL_BASE + Self::COUNT).contains(&label)
+    }
+
+    /// `Map` and `Unmap` have fixed-layout bodies ([`MapBody`], [`UnmapBody`]).
+    fn encode_fixed(&self, body: &mut [u8]) -> Option<Result<usize, Error>> {
+        Some(match *self {
+            IommuRequest::Map {
+                ioas,
+                iova,
+                length,
+                memory,
+                perm,
+            } => {
+                let (placement, at) = match iova {
+                    IovaPlacement::Fixed(at) => (0, at),
+                    IovaPlacement::Anywhere { align } => (1, align),
+                };
+                let record = MapBody {
+                    ioas: U32::new(ioas.0),
+                    placement,
+                    perm: perm.0,
+                    at: U64::new(at),
+                    length: U64::new(length),
+                    region: U32::new(memory.region),
+                    offset: U64::new(memory.offset),
+                };
+                put(&record, body)
+            }
+            IommuRequest::Unmap { ioas, iova, length } => put(
+                &UnmapBody {
+                    ioas: U32::new(ioas.0),
+                    iova: U64::new(iova),
+                    length: U64::new(length),
+                },
+                body,
+            ),
+            _ => return None,
+        })
+    }
+
+    fn decode_fixed(label: u16, body: &[u8]) -> Option<Result<Self, Error>> {
+        Some(match label {
+            Self::MAP => get::<MapBody>(body).and_then(|m| {
+                let iova = match m.placement {
+                    0 => IovaPlacement::Fixed(m.at.get()),
+                    1 => IovaPlacement::Anywhere { align: m.at.get() },
+                    _ => return Err(Error::BadMessage),
+                };
+                Ok(IommuRequest::Map {
+                    ioas: IoasId(m.ioas.get()),
+                    iova,
+                    length: m.length.get(),
+                    memory: MemoryRef {
+                        region: m.region.get(),
+                        offset: m.offset.get(),
+                    },
+                    perm: Perm(m.perm),
+                })
+            }),
+            Self::UNMAP => get::<UnmapBody>(body).map(|u| IommuRequest::Unmap {
+                ioas: IoasId(u.ioas.get()),
+                iova: u.iova.get(),
+                length: u.length.get(),
+            }),
+            _ => return None,
+        })
     }
 }
 
@@ -290,4 +394,30 @@ pub enum IommuReply {
         frames: u32,
     },
     Usage(ClientUsage),
+}
+
+/// The replies to `Map` ([`IommuReply::Mapped`]) and `Unmap` ([`IommuReply::Unmapped`])
+/// have a fixed-layout body: the one `u64` they carry, little-endian.
+impl Reply for IommuReply {
+    fn encode_fixed(&self, label: u16, body: &mut [u8]) -> Option<Result<usize, Error>> {
+        match (label, *self) {
+            (IommuRequest::MAP, IommuReply::Mapped { iova: v })
+            | (IommuRequest::UNMAP, IommuReply::Unmapped { length: v }) => {
+                Some(put(&U64::new(v), body))
+            }
+            _ => None,
+        }
+    }
+
+    fn decode_fixed(label: u16, body: &[u8]) -> Option<Result<Self, Error>> {
+        match label {
+            IommuRequest::MAP => {
+                Some(get::<U64>(body).map(|v| IommuReply::Mapped { iova: v.get() }))
+            }
+            IommuRequest::UNMAP => {
+                Some(get::<U64>(body).map(|v| IommuReply::Unmapped { length: v.get() }))
+            }
+            _ => None,
+        }
+    }
 }

@@ -8,7 +8,8 @@
 //! - [`server`]: the request loop of every server ([`server::Service`]).
 //! - [`Error`]: the one error enum of every server.
 //!
-//! Messages are serde + postcard; records are zerocopy structs. Decoding arbitrary bytes
+//! Messages are serde + postcard, except the fixed-layout bodies of the data path's map
+//! and unmap (see [`wire`]); records are zerocopy structs. Decoding arbitrary bytes
 //! returns a value or an error and never panics; no message holds a variable-length field,
 //! so decoding never allocates.
 #![no_std]
@@ -23,7 +24,7 @@ pub mod wire;
 
 pub use error::Error;
 pub use wire::{
-    decode_reply, decode_request, encode_reply, encode_request, Decoded, Request,
+    decode_reply, decode_request, encode_reply, encode_request, Decoded, Reply, Request,
     MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
 

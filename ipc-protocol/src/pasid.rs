@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::Request;
+use crate::wire::{Reply, Request};
 
 /// A Process Address Space ID (PCIe PASID / Arm SubstreamID), 20 bits wide.
 pub type Pasid = u32;
@@ -152,3 +152,6 @@ pub enum PasidReply {
     },
     Space(SpaceInfo),
 }
+
+/// Every reply of pasid-server has a postcard body.
+impl Reply for PasidReply {}

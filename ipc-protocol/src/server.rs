@@ -1,8 +1,6 @@
 //! The request loop every server runs: receive, decode, handle, encode, reply.
 
-use serde::Serialize;
-
-use crate::wire::{decode_request, encode_reply, Request, MAX_MESSAGE_BYTES};
+use crate::wire::{decode_request, encode_reply, Reply, Request, MAX_MESSAGE_BYTES};
 use crate::Error;
 use platform::{Badge, ServerEndpoint};
 
@@ -10,7 +8,7 @@ use platform::{Badge, ServerEndpoint};
 /// called through, nothing else.
 pub trait Service {
     type Request: Request;
-    type Reply: Serialize;
+    type Reply: Reply;
 
     fn handle(&mut self, badge: Badge, request: &Self::Request) -> Result<Self::Reply, Error>;
 }

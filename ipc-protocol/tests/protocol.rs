@@ -353,3 +353,100 @@ fn fuzz_corpus_covers_every_request() {
         assert!(corpus.contains(m), "corpus lacks {m:?}");
     }
 }
+
+/// Map and Unmap (and their replies) have fixed-layout bodies: every field at its offset,
+/// little-endian, and the body exactly its record's size.
+#[test]
+fn map_and_unmap_bodies_have_a_fixed_layout() {
+    let mut buf = [0u8; MAX_MESSAGE_BYTES];
+    let map = IommuRequest::Map {
+        ioas: IoasId(0x0403_0201),
+        iova: IovaPlacement::Anywhere { align: 0x2000 },
+        length: 0x1_0000_0000,
+        memory: MemoryRef {
+            region: 7,
+            offset: 0x1000,
+        },
+        perm: Perm::RW | Perm::EXEC,
+    };
+    let n = encode_request(&map, &mut buf).unwrap();
+    #[rustfmt::skip]
+    let want: [u8; 38] = [
+        2, 0, 0x05, 0x02,                       // version 2, label 0x0205
+        0x01, 0x02, 0x03, 0x04,                 // ioas
+        1,                                      // placement: anywhere
+        0x0b,                                   // perm: read | write | exec
+        0, 0x20, 0, 0, 0, 0, 0, 0,              // align
+        0, 0, 0, 0, 1, 0, 0, 0,                 // length
+        7, 0, 0, 0,                             // region
+        0, 0x10, 0, 0, 0, 0, 0, 0,              // offset
+    ];
+    assert_eq!(&buf[..n], &want);
+    assert_eq!(decode_request::<IommuRequest>(&want).request, Ok(map));
+    // A placement tag other than 0 and 1, a byte short or a byte long: malformed.
+    let mut bad = want;
+    bad[8] = 2;
+    assert_eq!(
+        decode_request::<IommuRequest>(&bad).request,
+        Err(Error::BadMessage)
+    );
+    assert_eq!(
+        decode_request::<IommuRequest>(&want[..37]).request,
+        Err(Error::BadMessage)
+    );
+    let mut long = want.to_vec();
+    long.push(0);
+    assert_eq!(
+        decode_request::<IommuRequest>(&long).request,
+        Err(Error::BadMessage)
+    );
+
+    let unmap = IommuRequest::Unmap {
+        ioas: IoasId(9),
+        iova: 0x8000_0000,
+        length: 0x3000,
+    };
+    let n = encode_request(&unmap, &mut buf).unwrap();
+    #[rustfmt::skip]
+    let want: [u8; 24] = [
+        2, 0, 0x06, 0x02,
+        9, 0, 0, 0,
+        0, 0, 0, 0x80, 0, 0, 0, 0,
+        0, 0x30, 0, 0, 0, 0, 0, 0,
+    ];
+    assert_eq!(&buf[..n], &want);
+    assert_eq!(decode_request::<IommuRequest>(&want).request, Ok(unmap));
+
+    // Replies: header, status 0, the one u64.
+    let n = encode_reply(0x0205, Ok(&IommuReply::Mapped { iova: 0x1234 }), &mut buf).unwrap();
+    assert_eq!(
+        &buf[..n],
+        &[2, 0, 5, 2, 0, 0, 0, 0, 0x34, 0x12, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(
+        decode_reply::<IommuReply>(0x0205, &buf[..n]),
+        Ok(IommuReply::Mapped { iova: 0x1234 })
+    );
+    let n = encode_reply(
+        0x0206,
+        Ok(&IommuReply::Unmapped { length: 0x3000 }),
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(&buf[8..n], &0x3000u64.to_le_bytes());
+    assert_eq!(
+        decode_reply::<IommuReply>(0x0206, &buf[..n - 1]),
+        Err(Error::BadMessage)
+    );
+    // Other replies keep their postcard bodies.
+    let n = encode_reply(
+        0x0203,
+        Ok(&IommuReply::IoasAllocated { ioas: IoasId(1) }),
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(
+        decode_reply::<IommuReply>(0x0203, &buf[..n]),
+        Ok(IommuReply::IoasAllocated { ioas: IoasId(1) })
+    );
+}

@@ -64,7 +64,7 @@ fn bad_messages_get_error_replies_and_the_server_keeps_serving() {
         Error::BadVersion.code()
     );
     assert_eq!(
-        status(&raw(&mut iommu, &[1, 0, 0x77, 0x77])),
+        status(&raw(&mut iommu, &[2, 0, 0x77, 0x77])),
         Error::UnknownLabel.code()
     );
     let mut good = [0u8; MAX_MESSAGE_BYTES];

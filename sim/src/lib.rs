@@ -115,13 +115,24 @@ impl Default for SimConfig {
 /// The marker a killed process unwinds with.
 struct Killed;
 
-/// A process's coroutine. Resumed by the run loop, it suspends at a scheduling point that
-/// picked another process, and returns when its program ended, each time handing back
-/// the scheduler's choice of who runs next.
+/// A process's coroutine. Resumed by the run loop (or by a process acting for it, see
+/// [`Shared::hand_over`]), it suspends at a scheduling point that picked another process,
+/// and returns when its program ended, each time handing back the scheduler's choice of
+/// who runs next.
 type Process = Coroutine<(), Next, Next, DefaultStack>;
 
-/// The yielder of a process's coroutine: the way back to the run loop.
+/// The yielder of a process's coroutine: the way back to whoever resumed it.
 type ProcYielder = Yielder<(), Next>;
+
+/// The coroutine executing now.
+#[derive(Clone, Copy)]
+struct Running {
+    pid: Pid,
+    yielder: *const ProcYielder,
+    /// Resumed by another process (which runs the scheduler's choices until it is picked
+    /// again) rather than by the run loop.
+    nested: bool,
+}
 
 struct Shared {
     kernel: RefCell<Kernel>,
@@ -129,19 +140,26 @@ struct Shared {
     /// while it runs.
     coroutines: RefCell<Vec<Option<Process>>>,
     /// The running process and its coroutine's yielder. A coroutine sets it when it
-    /// starts and whenever it is resumed, on its own stack; the run loop clears it as
-    /// soon as the coroutine stops. So it names the coroutine executing now, if any.
-    running: Cell<Option<(Pid, *const ProcYielder)>>,
+    /// starts and whenever it is resumed, on its own stack; whoever resumed it resets it
+    /// as soon as the coroutine stops. So it names the coroutine executing now, if any.
+    running: Cell<Option<Running>>,
+    /// Whether the coroutine being resumed now is resumed by a process (see
+    /// [`Running::nested`]); read by the coroutine when it gets control.
+    resuming_nested: Cell<bool>,
     stack_bytes: usize,
 }
 
-/// Clears [`Shared::running`] when the run loop gets control back, also when a
-/// process's coroutine panicked outside its program (a bug of the simulation).
-struct Stopped<'a>(&'a Cell<Option<(Pid, *const ProcYielder)>>);
+/// Restores [`Shared::running`] to what it was before a coroutine was resumed, when the
+/// resumer gets control back (also when the coroutine panicked outside its program, a
+/// bug of the simulation).
+struct Stopped<'a> {
+    running: &'a Cell<Option<Running>>,
+    before: Option<Running>,
+}
 
 impl Drop for Stopped<'_> {
     fn drop(&mut self) {
-        self.0.set(None);
+        self.running.set(self.before);
     }
 }
 
@@ -158,37 +176,82 @@ impl Shared {
             "the simulation is run from inside one of its processes"
         );
         while let Next::Run(p) = next {
-            let mut co = self.coroutines.borrow_mut()[p as usize]
-                .take()
-                .expect("a process the scheduler picks has a coroutine");
-            let result = {
-                let _stopped = Stopped(&self.running);
-                co.resume(())
-            };
-            next = match result {
-                CoroutineResult::Yield(n) => {
-                    self.coroutines.borrow_mut()[p as usize] = Some(co);
-                    n
-                }
-                CoroutineResult::Return(n) => n,
-            };
+            next = self.resume(p, false);
         }
     }
 
-    /// Hands control to the run loop with the scheduler's choice `next` and returns when
-    /// the run loop resumes `me` again. Must be called by `me`, with the kernel released.
-    fn suspend(&self, me: Pid, next: Next) {
-        let (pid, yielder) = self
+    /// Resumes process `p`'s coroutine until it stops; returns the scheduler's choice it
+    /// stopped with. `nested`: the caller is a process's coroutine, not the run loop.
+    fn resume(&self, p: Pid, nested: bool) -> Next {
+        let mut co = self.coroutines.borrow_mut()[p as usize]
+            .take()
+            .expect("a process the scheduler picks has a coroutine");
+        let result = {
+            let _stopped = Stopped {
+                running: &self.running,
+                before: self.running.get(),
+            };
+            self.resuming_nested.set(nested);
+            co.resume(())
+        };
+        match result {
+            CoroutineResult::Yield(n) => {
+                self.coroutines.borrow_mut()[p as usize] = Some(co);
+                n
+            }
+            CoroutineResult::Return(n) => n,
+        }
+    }
+
+    /// Sets [`Shared::running`] when the coroutine of `pid` gets control.
+    fn resumed(&self, pid: Pid, yielder: *const ProcYielder) {
+        self.running.set(Some(Running {
+            pid,
+            yielder,
+            nested: self.resuming_nested.get(),
+        }));
+    }
+
+    /// Hands control on from `me` to the scheduler's choice `next` and returns when the
+    /// scheduler picks `me` again. Must be called by `me`, with the kernel released.
+    ///
+    /// A process resumed by the run loop runs the scheduler's choices itself, each as a
+    /// coroutine nested in its own, until it is picked again (or nothing can run, which
+    /// only the run loop handles). A nested process goes back to the process that resumed
+    /// it. Both make the same choices in the same order as the run loop would; a call to
+    /// a waiting server and its reply thus take one coroutine switch each, as a kernel
+    /// that switches straight to the receiver would.
+    fn hand_over(&self, me: Pid, mut next: Next) {
+        let running = self
             .running
             .get()
-            .expect("a process suspends only while it runs");
-        assert_eq!(pid, me, "a process suspends only itself");
-        // SAFETY: `running` holds `me`'s yielder only while `me`'s coroutine is the one
-        // executing (the coroutine sets it on its own stack, the run loop clears it when
-        // the coroutine stops), so the yielder is alive and belongs to the coroutine
-        // whose stack we are on, which is what `Yielder::suspend` requires.
-        unsafe { (*yielder).suspend(next) };
-        self.running.set(Some((me, yielder)));
+            .expect("a process hands over only while it runs");
+        assert_eq!(running.pid, me, "a process hands over only itself");
+        if running.nested {
+            self.suspend(running, next);
+            return;
+        }
+        loop {
+            match next {
+                Next::Run(p) if p == me => return,
+                Next::Run(p) => next = self.resume(p, true),
+                Next::Idle => {
+                    self.suspend(running, next);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Suspends the running coroutine with `next` for whoever resumed it; returns when it
+    /// is resumed again.
+    fn suspend(&self, running: Running, next: Next) {
+        // SAFETY: `running` holds the yielder of the coroutine executing now (the
+        // coroutine sets it on its own stack when it gets control, its resumer resets it
+        // when it stops), so the yielder is alive and belongs to the coroutine whose stack
+        // we are on, which is what `Yielder::suspend` requires.
+        unsafe { (*running.yielder).suspend(next) };
+        self.resumed(running.pid, running.yielder);
     }
 
     /// Passes control on after a process ended: the scheduler's next choice.
@@ -208,7 +271,7 @@ impl Shared {
             Next::Run(p) if p == me => {}
             next => {
                 drop(k);
-                self.suspend(me, next);
+                self.hand_over(me, next);
                 k = self.kernel();
             }
         }
@@ -229,9 +292,7 @@ impl Shared {
             .expect("a created process has its program");
         let shared = self.clone();
         let co = Coroutine::with_stack(stack, move |yielder: &ProcYielder, ()| {
-            shared
-                .running
-                .set(Some((pid, yielder as *const ProcYielder)));
+            shared.resumed(pid, yielder);
             shared.body(pid, entry)
         });
         let mut cos = self.coroutines.borrow_mut();
@@ -364,6 +425,7 @@ impl Sim {
                 kernel: RefCell::new(Kernel::new(config.seed, mem, config.inject, config.trace)),
                 coroutines: RefCell::new(Vec::new()),
                 running: Cell::new(None),
+                resuming_nested: Cell::new(false),
                 stack_bytes: config.stack_bytes,
             }),
             seed: config.seed,
@@ -586,10 +648,7 @@ impl Ctx {
     /// killed) gets no more kernel service.
     fn enter(&self, call: Syscall) -> Result<RefMut<'_, Kernel>, SysError> {
         assert!(
-            self.shared
-                .running
-                .get()
-                .is_some_and(|(p, _)| p == self.pid),
+            self.shared.running.get().is_some_and(|r| r.pid == self.pid),
             "the Ctx of process {} used outside it",
             self.pid
         );
