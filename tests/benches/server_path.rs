@@ -94,7 +94,7 @@ fn direct(kind: IommuKind) -> Figures {
     let data = 0x4100_0000;
     match kind {
         IommuKind::Smmuv3 => {
-            let model = iommu_models::smmuv3::Smmuv3::new(mem.clone());
+            let model = hw::smmu_model(mem.clone());
             let hw = hw::smmu_hardware(model, tables).expect("SMMUv3 driver");
             direct_on(hw, data)
         }
@@ -158,7 +158,7 @@ fn core(kind: IommuKind) -> Figures {
     };
     match kind {
         IommuKind::Smmuv3 => {
-            let model = iommu_models::smmuv3::Smmuv3::new(mem.clone());
+            let model = hw::smmu_model(mem.clone());
             let hw = hw::smmu_hardware(model, tables).expect("SMMUv3 driver");
             core_on(IommuServer::new(config, hw, NoPasids).expect("server"))
         }

@@ -2,19 +2,22 @@
 //!
 //! - A [`HwDomain`] is a driver stage-1 domain: an ASID (the lowest free one, from 1),
 //!   one CD and an AArch64 4KB page table.
-//! - A stream is a StreamID. Attaching it points its STE at the domain's CD (stage-1
-//!   translation); detaching makes the STE abort the stream's traffic (silently, as the
-//!   SMMU does for Config = abort). Both return after the CFGI + CMD_SYNC of the STE
-//!   update completed.
+//! - A stream is a StreamID. Attaching it without a PASID points its STE at the domain's
+//!   CD (stage-1 translation), or, on an SMMU with substreams, writes the domain's CD into
+//!   slot 0 of the stream's CD table; detaching makes the STE abort the stream's traffic
+//!   (silently, as the SMMU does for Config = abort), or clears slot 0 while PASIDs stay
+//!   attached. Both return after the CFGI + CMD_SYNC of the update completed.
+//! - PASIDs are SubstreamIDs: on an SMMU with substreams (IDR1.SSIDSIZE > 0) attaching
+//!   with a PASID writes the domain's CD into that slot of the stream's CD table
+//!   ([`Smmu::attach_pasid`]) and [`Hardware::device_info`] reports the table's width.
+//!   Without substreams (QEMU 7.2: SSIDSIZE = 0) attaching with a PASID is `Unsupported`
+//!   and no PASID support is reported.
 //! - Map and unmap go to the domain's table; unmap returns only after the TLB
 //!   invalidation (range TLBI with IDR3.RIL, else per page or per ASID) and its CMD_SYNC
 //!   completed.
 //! - Faults come from the event queue. A lost record (EVENTQ_PROD.OVFLG toggled, or, as
 //!   on QEMU 7.2, GERROR.EVENTQ_ABT_ERR) is counted as one lost fault: the SMMU reports
 //!   that records were lost, not how many.
-//! - PASIDs: [`Smmu`] gives each stream a single CD (SubstreamID 0), so attaching with a
-//!   PASID is `Unsupported` and [`Hardware::device_info`] reports no PASID support
-//!   (QEMU's SMMU has no substreams either, SSIDSIZE = 0).
 //! - Page responses: a stalled transaction's fault record (Stall = 1) is delivered as a
 //!   page request whose group is its STAG and answered with CMD_RESUME (retry on
 //!   success, abort otherwise) on an SMMU whose stall model allows stalling; elsewhere
@@ -54,8 +57,8 @@ pub struct SmmuHardware<R: RegisterIo, M: DmaMemory, T: PollTimeout> {
     va_bits: u8,
     domains: BTreeMap<u32, Domain>,
     next_domain: u32,
-    /// StreamID → the domain it is attached to.
-    attached: BTreeMap<StreamId, u32>,
+    /// (StreamID, PASID) → the domain it is attached to.
+    attached: BTreeMap<(StreamId, Option<Pasid>), u32>,
 }
 
 impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> SmmuHardware<R, M, T> {
@@ -131,6 +134,7 @@ pub fn to_error(e: smmuv3::Error) -> Error {
         | E::InvalidAsid(_)
         | E::InvalidField(_)
         | E::BadLength => Error::Invalid,
+        E::NotAttached { .. } => Error::NotFound,
         E::AlreadyMapped { .. } => Error::Exists,
         E::OutOfMemory => Error::NoSpace,
         E::NoSuchDomain => Error::NotFound,
@@ -248,7 +252,7 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Hardware for SmmuHardware<R, M
     fn device_info(&self, _stream: StreamId) -> DeviceInfo {
         DeviceInfo {
             iommu: IommuKind::Smmuv3,
-            pasid_bits: 0,
+            pasid_bits: self.smmu.ssid_bits(),
             // No PRI queue; ATS is not enabled in STEs (EATS = 0); the driver's CDs do not
             // ask for stalls (CD.S = 0).
             pri: false,
@@ -304,25 +308,27 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Hardware for SmmuHardware<R, M
         pasid: Option<Pasid>,
         domain: HwDomain,
     ) -> Result<(), Error> {
-        if pasid.is_some() {
-            return Err(Error::Unsupported);
-        }
         let id = self.domain(domain)?;
-        self.smmu.attach(stream, id).map_err(to_error)?;
-        self.attached.insert(stream, domain.0);
+        match pasid {
+            None => self.smmu.attach(stream, id),
+            Some(p) => self.smmu.attach_pasid(stream, p, id),
+        }
+        .map_err(to_error)?;
+        self.attached.insert((stream, pasid), domain.0);
         Ok(())
     }
 
     fn detach(&mut self, stream: StreamId, pasid: Option<Pasid>) -> Result<(), Error> {
-        if pasid.is_some() {
-            return Err(Error::Unsupported);
-        }
-        if !self.attached.contains_key(&stream) {
+        if !self.attached.contains_key(&(stream, pasid)) {
             return Err(Error::NotFound);
         }
-        // Config = abort, then CFGI_STE + CMD_SYNC.
-        self.smmu.set_abort(stream).map_err(to_error)?;
-        self.attached.remove(&stream);
+        // Config = abort or a cleared CD, then CFGI + CMD_SYNC.
+        match pasid {
+            None => self.smmu.detach(stream),
+            Some(p) => self.smmu.detach_pasid(stream, p),
+        }
+        .map_err(to_error)?;
+        self.attached.remove(&(stream, pasid));
         Ok(())
     }
 

@@ -114,6 +114,13 @@ pub enum Error {
     InvalidField(&'static str),
     /// No domain with this handle exists.
     NoSuchDomain,
+    /// Nothing is attached to this StreamID and SubstreamID (0: non-substream traffic).
+    NotAttached {
+        /// StreamID.
+        sid: u32,
+        /// SubstreamID.
+        ssid: u32,
+    },
     /// A hardware wait ran out of time.
     Timeout(TimeoutKind),
     /// The command queue reported an error for the command at `index`
@@ -153,6 +160,12 @@ impl fmt::Display for Error {
             Error::InvalidAsid(a) => write!(f, "invalid or busy ASID {a}"),
             Error::InvalidField(n) => write!(f, "field {n} out of range"),
             Error::NoSuchDomain => f.write_str("no such domain"),
+            Error::NotAttached { sid, ssid } => {
+                write!(
+                    f,
+                    "nothing attached to StreamID {sid:#x} SubstreamID {ssid:#x}"
+                )
+            }
             Error::Timeout(k) => write!(f, "timeout waiting for {k:?}"),
             Error::Command {
                 code,

@@ -1,7 +1,20 @@
 //! The top-level driver: initialisation (SMMUv3 spec §6.3 CR0/CR0ACK handshakes and the
 //! initialisation order of its "Register usage" guidance), stream configuration, stage-1
 //! domains, map/unmap with invalidation, and event draining.
+//!
+//! # Substreams
+//! Without substreams (IDR1.SSIDSIZE = 0, as on QEMU 7.2) a domain owns one CD and an
+//! attached stream's STE points at it (S1CDMax = 0). With substreams (and
+//! [`SmmuConfig::max_ssid_bits`] > 0) each attached stream owns a CD table (linear up to
+//! 10 SubstreamID bits, two-level with 1024-CD leaves above, spec §3.3.2), its STE has
+//! S1CDMax = the table's width and S1DSS = 0b10 (non-substream traffic uses CD 0, spec
+//! §5.2), and attaching a domain writes the domain's CD into the slot of the SubstreamID:
+//! 0 for untagged DMA ([`Smmu::attach`]), the PASID otherwise ([`Smmu::attach_pasid`]).
+//! A CD is cleared with a hitless update followed by CFGI_CD + CMD_SYNC; when the last CD
+//! of a stream goes, its STE aborts the stream's traffic and the table is freed after the
+//! CFGI_STE + CMD_SYNC completed.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::cd::{Cd, CdConfig, CdTable, DEFAULT_MAIR};
@@ -14,7 +27,7 @@ use crate::features::{Features, TableEndian};
 use crate::mem::{DmaMemory, Words};
 use crate::pagetable::{PageTable, Prot, Unmapped};
 use crate::regs::{self, field_prep, poll_until, PollTimeout, RegisterIo};
-use crate::ste::{Stage1Ste, Ste, StreamConfig, WalkAttrs};
+use crate::ste::{S1Dss, Stage1Ste, Ste, StreamConfig, WalkAttrs};
 use crate::strtab::{StreamTable, StreamTableFormat};
 use crate::tlbi::{InvalidationPolicy, TlbiPlan, DEFAULT_MAX_PER_PAGE};
 use crate::update::{update_entry, CdKind, EntryTarget, SteKind};
@@ -49,6 +62,9 @@ pub struct SmmuConfig {
     /// Without range invalidation: per-page TLBIs above this count become one
     /// TLBI_NH_ASID.
     pub max_per_page_tlbi: u64,
+    /// SubstreamID bits of the per-stream CD tables (clamped to IDR1.SSIDSIZE, and to 10
+    /// without IDR0.CD2L); 0 keeps one CD per domain even on an SMMU with substreams.
+    pub max_ssid_bits: u8,
 }
 
 impl Default for SmmuConfig {
@@ -61,6 +77,7 @@ impl Default for SmmuConfig {
             unassigned: Ste::abort(),
             va_bits: 48,
             max_per_page_tlbi: DEFAULT_MAX_PER_PAGE,
+            max_ssid_bits: 20,
         }
     }
 }
@@ -72,9 +89,23 @@ pub struct DomainId(usize);
 #[derive(Debug)]
 struct Domain {
     asid: u16,
+    /// The domain's own CD (used by streams when there are no substreams).
     cd: CdTable,
+    /// What its CD holds (written into streams' CD tables with substreams).
+    cd_words: Cd,
     pt: PageTable,
+    /// Streams whose STE points at `cd`.
     streams: Vec<u32>,
+    /// (StreamID, SubstreamID) slots of streams' CD tables holding its CD.
+    substreams: Vec<(u32, u32)>,
+}
+
+/// A stream's own CD table (with substreams).
+#[derive(Debug)]
+struct StreamCds {
+    table: CdTable,
+    /// The domain in each valid CD slot, by SubstreamID (0: non-substream traffic).
+    cds: BTreeMap<u32, DomainId>,
 }
 
 /// An initialised SMMU.
@@ -88,6 +119,10 @@ pub struct Smmu<R: RegisterIo, M: DmaMemory, T: PollTimeout> {
     cmdq: CommandQueue,
     evtq: EventQueue,
     domains: Vec<Option<Domain>>,
+    /// Per-stream CD tables, by StreamID (with substreams).
+    stream_cds: BTreeMap<u32, StreamCds>,
+    /// SubstreamID bits of per-stream CD tables; 0: one CD per domain.
+    ssid_bits: u8,
     policy: InvalidationPolicy,
     va_bits: u8,
 }
@@ -290,6 +325,12 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
             cmdq,
             evtq,
             domains: Vec::new(),
+            stream_cds: BTreeMap::new(),
+            ssid_bits: if features.cd2l {
+                config.max_ssid_bits.min(features.ssid_bits).min(20)
+            } else {
+                config.max_ssid_bits.min(features.ssid_bits).min(10)
+            },
             policy: InvalidationPolicy {
                 ril: features.ril,
                 max_per_page: config.max_per_page_tlbi,
@@ -342,6 +383,11 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
         Ok(n)
     }
 
+    /// SubstreamID bits usable with [`Smmu::attach_pasid`] (0: no substreams).
+    pub fn ssid_bits(&self) -> u8 {
+        self.ssid_bits
+    }
+
     fn write_ste(&mut self, sid: u32, ste: &Ste) -> Result<usize> {
         let slot = self.strtab.slot(&mut self.mem, sid)?;
         if let Some((first, span)) = slot.new_l2 {
@@ -367,9 +413,17 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
         update_entry::<SteKind, _>(&mut t, &ste.0)
     }
 
+    /// After `sid`'s STE was replaced (and its CFGI_STE + CMD_SYNC completed): it is in
+    /// no domain any more and its CD table, if it had one, is freed.
     fn detach_from_domains(&mut self, sid: u32) {
         for d in self.domains.iter_mut().flatten() {
             d.streams.retain(|&s| s != sid);
+            d.substreams.retain(|&(s, _)| s != sid);
+        }
+        if let Some(cds) = self.stream_cds.remove(&sid) {
+            // SAFETY: the STE no longer points at the table and its invalidation
+            // completed (callers run this after the STE update's CFGI_STE + CMD_SYNC).
+            unsafe { cds.table.free(&mut self.mem) };
         }
     }
 
@@ -418,7 +472,17 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
             aset: true,
             had: false,
         };
-        let words = Cd::build(&cfg, &self.features)?;
+        let words = match Cd::build(&cfg, &self.features) {
+            Ok(w) => w,
+            Err(e) => {
+                // SAFETY: neither the table nor the CD was ever referenced by the SMMU.
+                unsafe {
+                    pt.destroy(&mut self.mem);
+                    cd.free(&mut self.mem);
+                }
+                return Err(e);
+            }
+        };
         // SAFETY: the CD region is live and 64 bytes long.
         let w = unsafe { Words::new(&self.mem, cd.base(), 8) };
         let mut t = CdTarget {
@@ -434,8 +498,10 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
         let d = Domain {
             asid,
             cd,
+            cd_words: words,
             pt,
             streams: Vec::new(),
+            substreams: Vec::new(),
         };
         let id = match self.domains.iter().position(Option::is_none) {
             Some(i) => {
@@ -462,12 +528,155 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
         Ok(self.domain(id)?.asid)
     }
 
-    /// Point `sid`'s STE at the domain's CD (stage-1 translation).
+    /// Translate `sid`'s non-substream traffic with the domain: its STE points at the
+    /// domain's CD, or, with substreams, the domain's CD goes into slot 0 of the stream's
+    /// CD table. Returns the number of CFGI + CMD_SYNC rounds it took.
     pub fn attach(&mut self, sid: u32, id: DomainId) -> Result<usize> {
+        if self.ssid_bits > 0 {
+            return self.attach_cd(sid, 0, id);
+        }
         let base = self.domain(id)?.cd.base();
         let n = self.set_stream(sid, &StreamConfig::Stage1(Stage1Ste::single_cd(base)))?;
         self.domain(id)?.streams.push(sid);
         Ok(n)
+    }
+
+    /// Stop translating `sid`'s non-substream traffic: its STE aborts the stream's traffic
+    /// (silently), or, with substreams, slot 0 of its CD table is cleared (untagged DMA then
+    /// faults with C_BAD_CD) while substreams remain attached.
+    pub fn detach(&mut self, sid: u32) -> Result<usize> {
+        if self.ssid_bits > 0 {
+            return self.detach_cd(sid, 0);
+        }
+        self.set_abort(sid)
+    }
+
+    /// Translate `sid`'s traffic tagged with SubstreamID `ssid` (a PASID, 1 or more: 0
+    /// is the slot of untagged traffic) with the domain. Needs substreams.
+    pub fn attach_pasid(&mut self, sid: u32, ssid: u32, id: DomainId) -> Result<usize> {
+        if self.ssid_bits == 0 {
+            return Err(Unsupported::Substreams.into());
+        }
+        if ssid == 0 {
+            return Err(Error::InvalidSubstreamId(ssid));
+        }
+        self.attach_cd(sid, ssid, id)
+    }
+
+    /// Stop translating `sid`'s traffic tagged with `ssid`.
+    pub fn detach_pasid(&mut self, sid: u32, ssid: u32) -> Result<usize> {
+        if self.ssid_bits == 0 {
+            return Err(Unsupported::Substreams.into());
+        }
+        if ssid == 0 {
+            return Err(Error::InvalidSubstreamId(ssid));
+        }
+        self.detach_cd(sid, ssid)
+    }
+
+    /// Writes the domain's CD into slot `ssid` of `sid`'s CD table (created, and the STE
+    /// pointed at it, on first use).
+    fn attach_cd(&mut self, sid: u32, ssid: u32, id: DomainId) -> Result<usize> {
+        let words = self.domain(id)?.cd_words;
+        if u64::from(ssid) >> self.ssid_bits != 0 {
+            return Err(Error::InvalidSubstreamId(ssid));
+        }
+        let mut rounds = 0;
+        if !self.stream_cds.contains_key(&sid) {
+            self.strtab.check_sid(sid)?;
+            let table = if self.ssid_bits > 10 {
+                CdTable::two_level(&mut self.mem, &self.features, self.ssid_bits)?
+            } else {
+                CdTable::linear(&mut self.mem, &self.features, self.ssid_bits)?
+            };
+            self.stream_cds.insert(
+                sid,
+                StreamCds {
+                    table,
+                    cds: BTreeMap::new(),
+                },
+            );
+        }
+        let cds = self.stream_cds.get_mut(&sid).expect("inserted above");
+        let installed = !cds.cds.is_empty();
+        let slot = cds.table.slot(&mut self.mem, ssid)?;
+        if slot.l1_written && installed {
+            // A new level-2 CD table: the SMMU may cache the old L1 descriptor.
+            self.cmdq.issue_and_sync(
+                &mut self.regs,
+                &mut self.timeout,
+                &[Command::CfgiCdAll { sid }],
+            )?;
+            rounds += 1;
+        }
+        let streams = [sid];
+        // SAFETY: the slot is a live 64-byte CD inside the stream's table.
+        let w = unsafe { Words::new(&self.mem, slot.addr, 8) };
+        let mut t = CdTarget {
+            words: w,
+            ssid,
+            streams: if installed { &streams } else { &[] },
+            regs: &mut self.regs,
+            cmdq: &mut self.cmdq,
+            timeout: &mut self.timeout,
+        };
+        rounds += update_entry::<CdKind, _>(&mut t, &words.0)?;
+        let cds = self.stream_cds.get_mut(&sid).expect("inserted above");
+        let before = cds.cds.insert(ssid, id);
+        if !installed {
+            let ste = Ste::build(
+                &StreamConfig::Stage1(cds.table.stage1_ste(S1Dss::Substream0)),
+                &self.features,
+            )?;
+            rounds += self.write_ste(sid, &ste)?;
+            // The stream leaves any single-CD domain it was in.
+            for d in self.domains.iter_mut().flatten() {
+                d.streams.retain(|&s| s != sid);
+            }
+        }
+        if let Some(old) = before {
+            if let Some(d) = self.domains.get_mut(old.0).and_then(Option::as_mut) {
+                d.substreams.retain(|&x| x != (sid, ssid));
+            }
+        }
+        self.domain(id)?.substreams.push((sid, ssid));
+        Ok(rounds)
+    }
+
+    /// Clears slot `ssid` of `sid`'s CD table; the last one makes the STE abort and
+    /// frees the table.
+    fn detach_cd(&mut self, sid: u32, ssid: u32) -> Result<usize> {
+        let cds = self
+            .stream_cds
+            .get_mut(&sid)
+            .ok_or(Error::NotAttached { sid, ssid })?;
+        let Some(&id) = cds.cds.get(&ssid) else {
+            return Err(Error::NotAttached { sid, ssid });
+        };
+        if cds.cds.len() == 1 {
+            // The last CD: abort the stream (CFGI_STE + CMD_SYNC), then free the table.
+            return self.set_abort(sid);
+        }
+        let slot = cds.table.slot(&mut self.mem, ssid)?;
+        let streams = [sid];
+        // SAFETY: the slot is a live 64-byte CD inside the stream's table.
+        let w = unsafe { Words::new(&self.mem, slot.addr, 8) };
+        let mut t = CdTarget {
+            words: w,
+            ssid,
+            streams: &streams,
+            regs: &mut self.regs,
+            cmdq: &mut self.cmdq,
+            timeout: &mut self.timeout,
+        };
+        let rounds = update_entry::<CdKind, _>(&mut t, &Cd::invalid().0)?;
+        if let Some(cds) = self.stream_cds.get_mut(&sid) {
+            cds.cds.remove(&ssid);
+        }
+        if let Some(d) = self.domains.get_mut(id.0).and_then(Option::as_mut) {
+            d.substreams.retain(|&x| x != (sid, ssid));
+        }
+        Ok(rounds)
     }
 
     /// Map `[iova, iova + size)` to `[pa, pa + size)` in the domain. New mappings need no
@@ -537,7 +746,7 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
     /// tables.
     pub fn destroy_domain(&mut self, id: DomainId) -> Result<()> {
         let d = self.domain(id)?;
-        if !d.streams.is_empty() {
+        if !d.streams.is_empty() || !d.substreams.is_empty() {
             return Err(Error::InvalidField("domain still has attached streams"));
         }
         let asid = d.asid;

@@ -134,11 +134,17 @@ impl StreamTable {
             | field_prep(regs::STRTAB_BASE_CFG_LOG2SIZE, u64::from(self.sid_bits))) as u32
     }
 
-    /// Address of the STE for `sid`, installing its level-2 table if needed.
-    pub fn slot<M: DmaMemory>(&mut self, mem: &mut M, sid: u32) -> Result<SteSlot> {
+    /// Whether the table covers `sid`.
+    pub fn check_sid(&self, sid: u32) -> Result<()> {
         if u64::from(sid) >> self.sid_bits != 0 {
             return Err(Error::InvalidStreamId(sid));
         }
+        Ok(())
+    }
+
+    /// Address of the STE for `sid`, installing its level-2 table if needed.
+    pub fn slot<M: DmaMemory>(&mut self, mem: &mut M, sid: u32) -> Result<SteSlot> {
+        self.check_sid(sid)?;
         match self.fmt {
             StreamTableFormat::Linear => Ok(SteSlot {
                 addr: PhysAddr(self.base.0 + u64::from(sid) * STE_BYTES as u64),

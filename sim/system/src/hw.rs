@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use iommu_adapters::smmuv3::SmmuHardware;
 use iommu_adapters::vtd::VtdHardware;
 use iommu_hwio::poll::PollBudget;
-use iommu_models::smmuv3::Smmuv3;
+use iommu_models::smmuv3::{Config as SmmuModelConfig, Smmuv3};
 use iommu_models::vtd::{self as vtd_model, VtdModel, VtdModelConfig};
 use iommu_server::{Hardware, HwDomain, HwFault, StreamId};
 use ipc_protocol::iommu::{DeviceInfo, PageResponseCode, Perm};
@@ -115,10 +115,16 @@ pub fn machine_unit(kind: IommuKind, mem: Arc<PhysMem>) -> Arc<Mutex<dyn IommuUn
             page_requests: false,
         })),
         IommuKind::Smmuv3 => Arc::new(Mutex::new(SmmuUnit {
-            model: Smmuv3::new(mem),
+            model: smmu_model(mem),
             events_seen: 0,
         })),
     }
+}
+
+/// The SMMUv3 of the simulated machine: QEMU 7.2's, plus what PASIDs need and QEMU lacks,
+/// 20 SubstreamID bits with two-level CD tables.
+pub fn smmu_model(mem: Arc<PhysMem>) -> Smmuv3 {
+    Smmuv3::with_config(mem, SmmuModelConfig::QEMU_7_2.with_substreams(20, true))
 }
 
 /// How iommu-server's SMMUv3 driver is configured: StreamIDs up to 255 (a linear stream

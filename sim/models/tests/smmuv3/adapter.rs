@@ -25,8 +25,12 @@ struct Sys {
 }
 
 fn sys_with(config: SmmuConfig) -> Sys {
+    sys_on(config, Config::QEMU_7_2)
+}
+
+fn sys_on(config: SmmuConfig, model_config: Config) -> Sys {
     let mem = PhysMem::new(RAM_BASE, RAM_SIZE as usize);
-    let model = Smmuv3::with_config(mem.clone(), Config::QEMU_7_2);
+    let model = Smmuv3::with_config(mem.clone(), model_config);
     let dma = SimDma::new(mem.clone(), RAM_BASE, DRIVER_WINDOW);
     let hw = SmmuHardware::new(model.clone(), dma, PollBudget::new(1000), config).unwrap();
     Sys {
@@ -308,4 +312,121 @@ fn bad_configuration_is_reported_as_such() {
         (faults[0].stream, faults[0].kind, faults[0].reason),
         (0x345, FaultKind::BadConfig, 0x02)
     );
+}
+
+/// On an SMMU with substreams a PASID is a SubstreamID: each (stream, PASID) translates
+/// through the domain attached to it, untagged DMA through the untagged attachment, and
+/// detaching one slot leaves the others working. Linear (8 SSID bits) and two-level (20
+/// bits, leaves allocated as PASIDs need them) CD tables.
+#[test]
+fn pasids_are_substreams_with_their_own_domains() {
+    for (ssid_bits, two_level, pasids) in [(8u8, false, [1u32, 0xff]), (20, true, [5, 0xf_ffff])] {
+        let mut s = sys_on(
+            SmmuConfig {
+                max_ssid_bits: 20,
+                ..smmu_config()
+            },
+            Config::QEMU_7_2.with_substreams(ssid_bits, two_level),
+        );
+        let info = s.hw.device_info(A);
+        assert_eq!(info.pasid_bits, ssid_bits);
+        let untagged = s.frames(1, 0);
+        let first = s.frames(1, 0);
+        let second = s.frames(1, 0);
+        let d0 = attached(&mut s, A, untagged, 0x1000, Perm::RW);
+        let d1 = s.hw.domain_alloc().unwrap();
+        s.hw.map(d1, IOVA, first, 0x1000, Perm::RW).unwrap();
+        let d2 = s.hw.domain_alloc().unwrap();
+        s.hw.map(d2, IOVA, second, 0x1000, Perm::RW).unwrap();
+        s.hw.attach(A, Some(pasids[0]), d1).unwrap();
+        s.hw.attach(A, Some(pasids[1]), d2).unwrap();
+
+        // The same IOVA lands in three frames, by PASID.
+        s.model.dma_write(A, None, IOVA, &[1; 4]).unwrap();
+        s.model
+            .dma_write(A, Some(pasids[0]), IOVA, &[2; 4])
+            .unwrap();
+        s.model
+            .dma_write(A, Some(pasids[1]), IOVA, &[3; 4])
+            .unwrap();
+        assert_eq!(s.read(untagged, 4), [1; 4]);
+        assert_eq!(s.read(first, 4), [2; 4]);
+        assert_eq!(s.read(second, 4), [3; 4]);
+        assert!(s.faults().0.is_empty());
+
+        // A PASID nothing is attached to, and one beyond the table: bad configuration,
+        // reported with the PASID.
+        assert!(s
+            .model
+            .dma_write(A, Some(pasids[0] + 1), IOVA, &[9; 4])
+            .is_err());
+        let (faults, _) = s.faults();
+        assert_eq!(faults.len(), 1);
+        assert_eq!(faults[0].pasid, Some(pasids[0] + 1));
+        assert_eq!(faults[0].kind, FaultKind::BadConfig);
+        assert_ne!(faults[0].flags & fault_flags::PASID_VALID, 0);
+        if ssid_bits < 20 {
+            assert_eq!(
+                s.hw.attach(A, Some(1 << ssid_bits), d1),
+                Err(Error::Invalid)
+            );
+        }
+
+        // Detaching the first PASID: its DMA faults (the CD is gone from the SMMU's
+        // configuration cache, CFGI_CD completed), the others still work.
+        s.hw.detach(A, Some(pasids[0])).unwrap();
+        assert_eq!(
+            s.model.dma_write(A, Some(pasids[0]), IOVA, &[4; 4]),
+            Err(DmaError::Fault {
+                event: evt::C_BAD_CD,
+                recorded: true
+            })
+        );
+        assert_eq!(s.read(first, 4), [2; 4]);
+        assert_eq!(s.hw.detach(A, Some(pasids[0])), Err(Error::NotFound));
+        assert_eq!(s.hw.domain_free(d2), Err(Error::Busy));
+        s.model
+            .dma_write(A, Some(pasids[1]), IOVA, &[5; 4])
+            .unwrap();
+        assert_eq!(s.read(second, 4), [5; 4]);
+
+        // Untagged detach clears slot 0: untagged DMA faults, the PASID still works.
+        s.hw.detach(A, None).unwrap();
+        assert!(s.model.dma_write(A, None, IOVA, &[6; 4]).is_err());
+        assert_eq!(s.read(untagged, 4), [1; 4]);
+        s.model
+            .dma_write(A, Some(pasids[1]), IOVA, &[7; 4])
+            .unwrap();
+        assert_eq!(s.read(second, 4), [7; 4]);
+
+        // The last one: the stream aborts, silently, and every domain can go.
+        s.faults();
+        s.hw.detach(A, Some(pasids[1])).unwrap();
+        assert_eq!(
+            s.model.dma_write(A, Some(pasids[1]), IOVA, &[8; 4]),
+            Err(DmaError::Aborted)
+        );
+        assert!(s.faults().0.is_empty());
+        for d in [d0, d1, d2] {
+            s.hw.domain_free(d).unwrap();
+        }
+        // Attached again from scratch (a new CD table), PASID DMA flows.
+        let d = attached(&mut s, B, untagged, 0x1000, Perm::RW);
+        s.hw.attach(B, Some(pasids[1]), d).unwrap();
+        s.model
+            .dma_write(B, Some(pasids[1]), IOVA, &[9; 4])
+            .unwrap();
+        assert_eq!(s.read(untagged, 4), [9; 4]);
+    }
+}
+
+/// Without substreams (QEMU 7.2) there are no PASIDs.
+#[test]
+fn no_pasids_without_substreams() {
+    let mut s = sys();
+    assert_eq!(s.hw.device_info(A).pasid_bits, 0);
+    let frames = s.frames(1, 0);
+    let d = attached(&mut s, A, frames, 0x1000, Perm::RW);
+    assert_eq!(s.hw.attach(A, Some(1), d), Err(Error::Unsupported));
+    assert_eq!(s.hw.detach(A, Some(1)), Err(Error::NotFound));
 }
