@@ -464,6 +464,7 @@ fn copy_round_trip(run: &Run, dev: &'static str, rounds: u32) -> Entry {
         let mut d = Driver::new(ctx.clone());
         let s = setup(&mut d, dev, 0..2);
         let iova = map_and_attach(&mut d, &s, IovaPlacement::Anywhere { align: 4096 }, 8192);
+        pasid_copy(&mut d, &s, dev, iova, seed);
         for round in 0..rounds {
             let data = pattern(seed ^ u64::from(round) ^ dev.len() as u64, 4096);
             d.write(0, 0, &data);
@@ -488,6 +489,60 @@ fn copy_round_trip(run: &Run, dev: &'static str, rounds: u32) -> Entry {
         // A region that is mapped cannot be taken back.
         assert_eq!(d.revoke(s.region), Err(Error::Busy));
     })
+}
+
+/// Where the device supports PASIDs: a second IOAS, attached under a PASID, maps the
+/// second page of the region at another IOVA. DMA tagged with the PASID reads it there
+/// (and the device writes what it read through the untagged attachment into the first
+/// page); the untagged IOAS's addresses are not reachable with the PASID, nor is anything
+/// once the PASID is detached.
+fn pasid_copy(d: &mut Driver, s: &Setup, dev: &str, iova: u64, seed: u64) {
+    if query_device(d, s.device).pasid_bits == 0 {
+        return;
+    }
+    let pasid = d.alloc_pasid(s.device).expect("PASID");
+    let tagged = d.alloc_ioas().expect("IOAS");
+    let at = d
+        .map(
+            tagged,
+            IovaPlacement::Fixed(iova ^ 0x40_0000),
+            4096,
+            region_at(s.region, 4096),
+            Perm::RW,
+        )
+        .expect("map for the PASID");
+    d.attach(s.device, Some(pasid), tagged)
+        .expect("attach with a PASID");
+    let data = pattern(seed ^ 0xa5a5 ^ dev.len() as u64, 4096);
+    d.write(1, 0, &data);
+    let with_pasid = |dir, iova| DmaJob {
+        pasid: Some(pasid),
+        ..DmaJob::new(dir, iova, 4096)
+    };
+    d.dma(dev, with_pasid(DmaDirection::FromMemory, at))
+        .expect("DMA with the PASID");
+    d.dma(dev, DmaJob::new(DmaDirection::ToMemory, iova, 4096))
+        .expect("DMA without a PASID");
+    assert_eq!(
+        d.read(0, 0, 4096),
+        data,
+        "{dev}: DMA tagged with PASID {pasid} did not read through its IOAS"
+    );
+    assert_eq!(
+        d.dma(dev, with_pasid(DmaDirection::FromMemory, iova)),
+        Err(DmaFault { iova }),
+        "{dev}: the untagged IOAS reached with a PASID"
+    );
+    d.detach(s.device, Some(pasid)).expect("detach the PASID");
+    assert_eq!(
+        d.dma(dev, with_pasid(DmaDirection::FromMemory, at)),
+        Err(DmaFault { iova: at }),
+        "{dev}: DMA with a detached PASID got through"
+    );
+    assert!(matches!(
+        d.request(&IommuRequest::FreePasid { pasid }),
+        Ok(IommuReply::Done)
+    ));
 }
 
 fn map_attach_dma_programs(run: &Run) -> Programs {
