@@ -95,14 +95,14 @@
 //! against a plain store loop and counts invalidation commands.
 //!
 //! # What is supported
-//! Stage-1 translation with AArch64 little-endian 4KB tables (VA 25..48 bits), one CD
-//! per stream (SubstreamID 0) through [`Smmu`]; CD tables for hardware with
-//! substreams; stage-2 and nested STE encodings (checked against IDR0.S2P). Polling only:
-//! no interrupts or MSIs are configured, and no PRI queue is set up (PRI_RESP, RESUME and
-//! STALL_TERM are encoded for callers that handle those paths). [`Smmu`] exposes one CD
-//! per stream; substream (PASID) domains are built from [`cd::CdTable`] and
-//! [`ste::Stage1Ste`] directly. The driver needs IDR0.COHACC (no cache maintenance is
-//! done) and refuses non-coherent SMMUs.
+//! Stage-1 translation with AArch64 little-endian 4KB tables (VA 25..48 bits): without
+//! substreams one CD per domain, with substreams a CD table per stream (linear, or
+//! two-level with CD2L) whose slots take domains by SubstreamID, so PASIDs attach through
+//! [`Smmu::attach_pasid`] (see [`smmu`]); stage-2 and nested STE encodings (checked
+//! against IDR0.S2P). Polling only: no interrupts or MSIs are configured, and no PRI
+//! queue is set up (PRI_RESP, RESUME and STALL_TERM are encoded for callers that handle
+//! those paths). The driver needs IDR0.COHACC (no cache maintenance is done) and refuses
+//! non-coherent SMMUs.
 //!
 //! # What the QEMU 7.2 model lacks
 //! QEMU's `virt,iommu=smmuv3` reports IDR0=0x0d40101a IDR1=0x02730010 IDR3=0x1404
