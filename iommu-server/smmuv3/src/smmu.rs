@@ -24,7 +24,7 @@ use crate::error::{Error, Result, TimeoutKind, Unsupported};
 use crate::event::Event;
 use crate::evtq::{DrainReport, EventQueue};
 use crate::features::{Features, TableEndian};
-use crate::mem::{DmaMemory, Words};
+use crate::mem::{DmaMemory, PhysAddr, Words};
 use crate::pagetable::{PageTable, Prot, Unmapped};
 use crate::regs::{self, field_prep, poll_until, PollTimeout, RegisterIo};
 use crate::ste::{S1Dss, Stage1Ste, Ste, StreamConfig, WalkAttrs};
@@ -483,17 +483,8 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
                 return Err(e);
             }
         };
-        // SAFETY: the CD region is live and 64 bytes long.
-        let w = unsafe { Words::new(&self.mem, cd.base(), 8) };
-        let mut t = CdTarget {
-            words: w,
-            ssid: 0,
-            streams: &[],
-            regs: &mut self.regs,
-            cmdq: &mut self.cmdq,
-            timeout: &mut self.timeout,
-        };
-        update_entry::<CdKind, _>(&mut t, &words.0)?;
+        // SAFETY: the CD region is live (allocated above).
+        unsafe { self.write_cd(cd.base(), 0, &[], &words) }?;
         pt.set_spare_limit(16);
         let d = Domain {
             asid,
@@ -574,6 +565,32 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
         self.detach_cd(sid, ssid)
     }
 
+    /// Writes `cd` into the CD at `addr` (SubstreamID `ssid`) with a hitless update; the
+    /// streams in `readers` (whose STEs point at its table) get CFGI_CD + CMD_SYNC after
+    /// each step. Returns the number of those rounds.
+    ///
+    /// # Safety
+    /// `addr` must be a live 64-byte CD region of the driver's memory.
+    unsafe fn write_cd(
+        &mut self,
+        addr: PhysAddr,
+        ssid: u32,
+        readers: &[u32],
+        cd: &Cd,
+    ) -> Result<usize> {
+        // SAFETY: the caller guarantees a live 64-byte region.
+        let words = unsafe { Words::new(&self.mem, addr, 8) };
+        let mut t = CdTarget {
+            words,
+            ssid,
+            streams: readers,
+            regs: &mut self.regs,
+            cmdq: &mut self.cmdq,
+            timeout: &mut self.timeout,
+        };
+        update_entry::<CdKind, _>(&mut t, &cd.0)
+    }
+
     /// Writes the domain's CD into slot `ssid` of `sid`'s CD table (created, and the STE
     /// pointed at it, on first use).
     fn attach_cd(&mut self, sid: u32, ssid: u32, id: DomainId) -> Result<usize> {
@@ -610,17 +627,9 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
             rounds += 1;
         }
         let streams = [sid];
-        // SAFETY: the slot is a live 64-byte CD inside the stream's table.
-        let w = unsafe { Words::new(&self.mem, slot.addr, 8) };
-        let mut t = CdTarget {
-            words: w,
-            ssid,
-            streams: if installed { &streams } else { &[] },
-            regs: &mut self.regs,
-            cmdq: &mut self.cmdq,
-            timeout: &mut self.timeout,
-        };
-        rounds += update_entry::<CdKind, _>(&mut t, &words.0)?;
+        let readers: &[u32] = if installed { &streams } else { &[] };
+        // SAFETY: the slot is a live CD inside the stream's table.
+        rounds += unsafe { self.write_cd(slot.addr, ssid, readers, &words) }?;
         let cds = self.stream_cds.get_mut(&sid).expect("inserted above");
         let before = cds.cds.insert(ssid, id);
         if !installed {
@@ -658,18 +667,8 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
             return self.set_abort(sid);
         }
         let slot = cds.table.slot(&mut self.mem, ssid)?;
-        let streams = [sid];
-        // SAFETY: the slot is a live 64-byte CD inside the stream's table.
-        let w = unsafe { Words::new(&self.mem, slot.addr, 8) };
-        let mut t = CdTarget {
-            words: w,
-            ssid,
-            streams: &streams,
-            regs: &mut self.regs,
-            cmdq: &mut self.cmdq,
-            timeout: &mut self.timeout,
-        };
-        let rounds = update_entry::<CdKind, _>(&mut t, &Cd::invalid().0)?;
+        // SAFETY: the slot is a live CD inside the stream's table.
+        let rounds = unsafe { self.write_cd(slot.addr, ssid, &[sid], &Cd::invalid()) }?;
         if let Some(cds) = self.stream_cds.get_mut(&sid) {
             cds.cds.remove(&ssid);
         }
