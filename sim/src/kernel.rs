@@ -131,6 +131,7 @@ pub struct Reply {
 /// What a blocking call returned with. Message and reply bytes are in the process's
 /// message buffer ([`ProcObj::msg`], its IPC buffer), so handing a message over copies it
 /// once and allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Inbox {
     Message {
         badge: u64,
@@ -1015,6 +1016,87 @@ impl Kernel {
         Ok(())
     }
 
+    /// The call fastpath (as seL4's): a call without capabilities through an endpoint
+    /// capability with the write right, to an endpoint whose receiver already waits with
+    /// no message queued before this one and no delivery delay to draw. It does exactly
+    /// what [`Kernel::send`] then does (hand the message to the receiver, which owes
+    /// `pid` a reply) without the general checks. Returns `false`, having changed nothing,
+    /// when the case does not apply; the caller then takes [`Kernel::send`].
+    #[inline]
+    pub fn call_fast(&mut self, pid: Pid, slot: CPtr, bytes: &[u8]) -> bool {
+        let Some(Some(cap)) = self.procs[pid as usize].cspace.get(slot as usize) else {
+            return false;
+        };
+        let (Obj::Endpoint(ep), badge) = (cap.obj, cap.badge) else {
+            return false;
+        };
+        if !cap.rights.contains(Rights::WRITE) || self.inject.delay_per_mille != 0 {
+            return false;
+        }
+        let e = &mut self.eps[ep as usize];
+        if !e.queue.is_empty() {
+            return false;
+        }
+        let Some(r) = e.receivers.pop_front() else {
+            return false;
+        };
+        let rp = &mut self.procs[r as usize];
+        debug_assert_eq!(rp.state, PState::Blocked(Wait::Receive(ep)));
+        rp.msg.clear();
+        rp.msg.extend_from_slice(bytes);
+        rp.inbox = Some(Inbox::Message {
+            badge,
+            kind: RecvKind::Call,
+            caps: Vec::new(),
+        });
+        rp.reply_to = Some(pid);
+        rp.state = PState::Ready;
+        self.ready.set(r, true);
+        // The caller is running, so ready (it entered the kernel).
+        self.procs[pid as usize].state = PState::Blocked(Wait::Reply(r));
+        self.ready.set(pid, false);
+        true
+    }
+
+    /// The reply-and-receive fastpath: a reply without capabilities to a caller that
+    /// waits for it, then a receive through an endpoint capability with the read right
+    /// on an endpoint with no message queued, by a process whose bound notification (if
+    /// any) has not been signalled, so the receiver blocks. It does exactly what
+    /// [`Kernel::reply`] then [`Kernel::recv`] do in that case. Returns `false`, having
+    /// changed nothing, when the case does not apply.
+    #[inline]
+    pub fn reply_recv_fast(&mut self, pid: Pid, slot: CPtr, bytes: &[u8]) -> bool {
+        let me = &self.procs[pid as usize];
+        let Some(caller) = me.reply_to else {
+            return false;
+        };
+        let Some(Some(cap)) = me.cspace.get(slot as usize) else {
+            return false;
+        };
+        let Obj::Endpoint(ep) = cap.obj else {
+            return false;
+        };
+        if !cap.rights.contains(Rights::READ)
+            || me.bound.is_some_and(|n| self.ntfns[n as usize].word != 0)
+            || !self.eps[ep as usize].queue.is_empty()
+            || self.procs[caller as usize].state != PState::Blocked(Wait::Reply(pid))
+        {
+            return false;
+        }
+        let c = &mut self.procs[caller as usize];
+        c.msg.clear();
+        c.msg.extend_from_slice(bytes);
+        c.inbox = Some(Inbox::Reply { caps: Vec::new() });
+        c.state = PState::Ready;
+        self.ready.set(caller, true);
+        let me = &mut self.procs[pid as usize];
+        me.reply_to = None;
+        me.state = PState::Blocked(Wait::Receive(ep));
+        self.ready.set(pid, false);
+        self.eps[ep as usize].receivers.push_back(pid);
+        true
+    }
+
     /// Which waiting message of `ep` to deliver next: the first deliverable one, or with
     /// injected reordering the first deliverable one of a randomly chosen sender.
     fn pick(&mut self, ep: u32) -> Option<usize> {
@@ -1517,7 +1599,22 @@ impl Kernel {
     /// among the ready processes and the devices with work (a device's choice runs one
     /// page of its DMA here and chooses again). Time jumps forward to the next delayed
     /// delivery when nothing else can happen.
+    #[inline]
     pub fn schedule(&mut self) -> Next {
+        // The common case, decided as the general loop below would decide it: one
+        // process ready, no device with work, nobody dying, no delayed deliveries.
+        if self.ready.len() == 1
+            && self.busy_devices == 0
+            && self.dying == 0
+            && !self.shutting_down
+            && self.inject.delay_per_mille == 0
+        {
+            return Next::Run(self.ready.nth(0));
+        }
+        self.schedule_general()
+    }
+
+    fn schedule_general(&mut self) -> Next {
         loop {
             // A dying process runs first (to unwind its coroutine), else one of the ready
             // ones (kept in pid order by `set_state`).
@@ -1762,6 +1859,142 @@ pub enum Create {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process as IPC leaves it: state, inbox, message buffer, whom it owes a reply.
+    type ProcIpc = (PState, Option<Inbox>, Vec<u8>, Option<Pid>);
+
+    /// What IPC leaves behind in the kernel, compared between the fastpaths and the
+    /// general path.
+    #[derive(Debug, PartialEq)]
+    struct IpcState {
+        step: u64,
+        procs: Vec<ProcIpc>,
+        ready: Vec<Pid>,
+        receivers: Vec<Vec<Pid>>,
+        queued: Vec<usize>,
+        trace_hash: u64,
+    }
+
+    fn ipc_state(k: &Kernel) -> IpcState {
+        IpcState {
+            step: k.step,
+            procs: k
+                .procs
+                .iter()
+                .map(|p| (p.state, p.inbox.clone(), p.msg.clone(), p.reply_to))
+                .collect(),
+            ready: (0..k.ready.len()).map(|i| k.ready.nth(i)).collect(),
+            receivers: k
+                .eps
+                .iter()
+                .map(|e| e.receivers.iter().copied().collect())
+                .collect(),
+            queued: k.eps.iter().map(|e| e.queue.len()).collect(),
+            trace_hash: k.trace_hash,
+        }
+    }
+
+    /// A client (pid 0) with a badged capability (slot 1) to an endpoint a server
+    /// (pid 1, slot 1) waits on; both started.
+    fn client_and_waiting_server(inject: Injection) -> Kernel {
+        let mem = PhysMem::new(0x1000_0000, 1 << 20);
+        let mut k = Kernel::new(1, mem, inject, false);
+        let client = k.new_process("client", false, Box::new(|_| {}));
+        let server = k.new_process("server", true, Box::new(|_| {}));
+        let ep = k.new_endpoint("ep");
+        let s = k.install_new(server, ep, Some("ep"));
+        assert_eq!(s, 1);
+        k.install_outside(client, ep, 0x1A, Rights::WRITE, "ep");
+        k.set_state(client, PState::Ready);
+        k.set_state(server, PState::Ready);
+        assert_eq!(k.recv(server, s), Ok(false));
+        k
+    }
+
+    #[test]
+    fn call_fastpath_does_what_send_does() {
+        let mut fast = client_and_waiting_server(Injection::default());
+        let mut general = client_and_waiting_server(Injection::default());
+        assert!(fast.call_fast(0, 1, b"request"));
+        assert_eq!(general.send(0, 1, b"request", &[], true, true), Ok(true));
+        assert_eq!(ipc_state(&fast), ipc_state(&general));
+        let after_call = ipc_state(&fast);
+        assert_eq!(after_call.procs[0].0, PState::Blocked(Wait::Reply(1)));
+        assert_eq!(
+            after_call.procs[1].1,
+            Some(Inbox::Message {
+                badge: 0x1A,
+                kind: RecvKind::Call,
+                caps: Vec::new()
+            })
+        );
+        assert_eq!(after_call.procs[1].2, b"request");
+
+        assert!(fast.reply_recv_fast(1, 1, b"reply"));
+        general.reply(1, b"reply", &[]).unwrap();
+        assert_eq!(general.recv(1, 1), Ok(false));
+        assert_eq!(ipc_state(&fast), ipc_state(&general));
+        let after_reply = ipc_state(&fast);
+        assert_eq!(after_reply.procs[0].0, PState::Ready);
+        assert_eq!(
+            after_reply.procs[0].1,
+            Some(Inbox::Reply { caps: Vec::new() })
+        );
+        assert_eq!(after_reply.procs[0].2, b"reply");
+        assert_eq!(after_reply.procs[1].0, PState::Blocked(Wait::Receive(0)));
+        assert_eq!(after_reply.receivers, vec![vec![1]]);
+    }
+
+    #[test]
+    fn fastpaths_decline_what_they_do_not_cover_and_change_nothing() {
+        // Delivery delays are drawn by the general path.
+        let delays = Injection {
+            delay_per_mille: 500,
+            max_delay: 3,
+            ..Injection::default()
+        };
+        let mut k = client_and_waiting_server(delays);
+        let before = ipc_state(&k);
+        assert!(!k.call_fast(0, 1, b"x"));
+        assert_eq!(ipc_state(&k), before);
+        // A slot that is empty, or a capability without the right needed.
+        let mut k = client_and_waiting_server(Injection::default());
+        k.install_outside(0, Obj::Endpoint(0), 0x1A, Rights::READ, "read-only");
+        let before = ipc_state(&k);
+        assert!(!k.call_fast(0, 7, b"x"));
+        assert!(!k.call_fast(0, 2, b"x"));
+        assert_eq!(k.send(0, 2, b"x", &[], true, true), Err(SysError::NoRights));
+        assert_eq!(ipc_state(&k), before);
+        // No receiver waits: the call queues (general path).
+        let mut k = client_and_waiting_server(Injection::default());
+        assert!(k.call_fast(0, 1, b"x"));
+        k.set_state(0, PState::Ready);
+        let before = ipc_state(&k);
+        assert!(!k.call_fast(0, 1, b"y"));
+        assert_eq!(ipc_state(&k), before);
+        // Nothing to reply to, or the caller no longer waits for the reply.
+        let mut k = client_and_waiting_server(Injection::default());
+        k.set_state(1, PState::Ready);
+        let before = ipc_state(&k);
+        assert!(!k.reply_recv_fast(1, 1, b"r"));
+        assert_eq!(ipc_state(&k), before);
+        let mut k = client_and_waiting_server(Injection::default());
+        assert!(k.call_fast(0, 1, b"x"));
+        k.kill(0, Exit::Killed { step: 0 });
+        let before = ipc_state(&k);
+        assert!(!k.reply_recv_fast(1, 1, b"r"));
+        assert_eq!(ipc_state(&k), before);
+        // A message is already queued: the receive takes it (general path).
+        let mut k = client_and_waiting_server(Injection::default());
+        let third = k.new_process("third", false, Box::new(|_| {}));
+        k.install_outside(third, Obj::Endpoint(0), 0x3C, Rights::WRITE, "ep");
+        k.set_state(third, PState::Ready);
+        assert!(k.call_fast(0, 1, b"x"));
+        assert_eq!(k.send(third, 1, b"queued", &[], true, true), Ok(true));
+        let before = ipc_state(&k);
+        assert!(!k.reply_recv_fast(1, 1, b"r"));
+        assert_eq!(ipc_state(&k), before);
+    }
 
     #[test]
     fn pid_set_counts_and_picks_in_pid_order() {

@@ -18,7 +18,10 @@
 //!   on endpoints, with capabilities transferred along (seL4's extra caps, needing the
 //!   grant right); `signal`, `wait`, `poll` and binding on notifications; frame
 //!   read/write only through frame capabilities; capability copy, mint and delete;
-//!   device DMA jobs; and, for the root task, object and process creation.
+//!   device DMA jobs; and, for the root task, object and process creation. As in seL4,
+//!   `call` and `reply_recv` without capabilities take a fastpath when the other side
+//!   already waits and nothing is queued or delayed; it leaves the kernel exactly as
+//!   the general path would (same states, same trace, same scheduling decisions).
 //! - **Devices** do DMA on their own, one page per step, through their IOMMU
 //!   ([`machine::IommuUnit`]), whatever happens to the process that programmed them, and
 //!   send page requests (PRI) to IOMMUs that take them. The kernel notes every DMA that
@@ -714,7 +717,11 @@ impl Ctx {
         caps: &[CPtr],
     ) -> Result<(RefMut<'_, Kernel>, Vec<CPtr>), SysError> {
         let mut k = self.enter(Syscall::Call)?;
-        let r = k.send(self.pid, ep, msg, caps, true, true);
+        let r = if caps.is_empty() && k.call_fast(self.pid, ep, msg) {
+            Ok(true)
+        } else {
+            k.send(self.pid, ep, msg, caps, true, true)
+        };
         let mut k = self.leave(k);
         r?;
         match self.inbox(&mut k) {
@@ -815,9 +822,12 @@ impl Ctx {
         caps: &[CPtr],
     ) -> Result<RefMut<'_, Kernel>, SysError> {
         let mut k = self.enter(Syscall::ReplyRecv)?;
-        let r = k
-            .reply(self.pid, msg, caps)
-            .and_then(|_| k.recv(self.pid, ep));
+        let r = if caps.is_empty() && k.reply_recv_fast(self.pid, ep, msg) {
+            Ok(false)
+        } else {
+            k.reply(self.pid, msg, caps)
+                .and_then(|_| k.recv(self.pid, ep))
+        };
         let k = self.leave(k);
         r?;
         Ok(k)
