@@ -36,8 +36,14 @@ pub fn handle_message<S: Service>(
 pub fn serve<S: Service, E: ServerEndpoint>(service: &mut S, endpoint: &mut E) -> E::Error {
     let mut request = [0u8; MAX_MESSAGE_BYTES];
     let mut reply = [0u8; MAX_MESSAGE_BYTES];
+    // The length of the reply owed to the last request, sent with the next receive.
+    let mut owed: Option<usize> = None;
     loop {
-        let (badge, len) = match endpoint.recv(&mut request) {
+        let received = match owed {
+            Some(n) => endpoint.reply_recv(&reply[..n], &mut request),
+            None => endpoint.recv(&mut request),
+        };
+        let (badge, len) = match received {
             Ok(r) => r,
             Err(e) => return e,
         };
@@ -48,6 +54,6 @@ pub fn serve<S: Service, E: ServerEndpoint>(service: &mut S, endpoint: &mut E) -
         } else {
             handle_message(service, badge, &request[..len], &mut reply)
         };
-        endpoint.reply(&reply[..n]);
+        owed = Some(n);
     }
 }

@@ -31,6 +31,15 @@ pub trait ServerEndpoint {
     /// Replies to the request last received. A caller that has gone away is not an error
     /// of the server: implementations drop such replies.
     fn reply(&mut self, msg: &[u8]);
+
+    /// Replies to the request last received with `msg`, then waits for the next request
+    /// as [`ServerEndpoint::recv`] does: seL4's ReplyRecv, one kernel entry where the
+    /// kernel has it. The default is [`ServerEndpoint::reply`] then
+    /// [`ServerEndpoint::recv`].
+    fn reply_recv(&mut self, msg: &[u8], buf: &mut [u8]) -> Result<(Badge, usize), Self::Error> {
+        self.reply(msg);
+        self.recv(buf)
+    }
 }
 
 /// The calling side of a badged endpoint capability, as a client sees it.

@@ -112,15 +112,45 @@ impl ServerEndpoint for SimServer<'_> {
     type Error = SysError;
 
     fn recv(&mut self, buf: &mut [u8]) -> Result<(Badge, usize), SysError> {
+        if std::mem::take(&mut self.reply_pending) {
+            let reply = std::mem::take(&mut self.reply);
+            let r = self.next(Some(&reply), buf);
+            self.reply = reply;
+            r
+        } else {
+            self.next(None, buf)
+        }
+    }
+
+    fn reply(&mut self, msg: &[u8]) {
+        self.reply.clear();
+        self.reply.extend_from_slice(msg);
+        self.reply_pending = true;
+    }
+
+    fn reply_recv(&mut self, msg: &[u8], buf: &mut [u8]) -> Result<(Badge, usize), SysError> {
+        // A reply buffered by `reply` is superseded.
+        self.reply_pending = false;
+        self.next(Some(msg), buf)
+    }
+}
+
+impl SimServer<'_> {
+    /// Sends `reply` (if any) and receives the next request, handing signals of the bound
+    /// notification to `on_signal` meanwhile.
+    fn next(
+        &mut self,
+        mut reply: Option<&[u8]>,
+        buf: &mut [u8],
+    ) -> Result<(Badge, usize), SysError> {
         // Capabilities the handler did not take are not kept.
         for c in self.caps.set(Vec::new()) {
             self.ctx.delete(c)?;
         }
         loop {
-            let r = if std::mem::take(&mut self.reply_pending) {
-                self.ctx.reply_recv_into(self.ep, &self.reply, &[], buf)?
-            } else {
-                self.ctx.recv_into(self.ep, buf)?
+            let r = match reply.take() {
+                Some(msg) => self.ctx.reply_recv_into(self.ep, msg, &[], buf)?,
+                None => self.ctx.recv_into(self.ep, buf)?,
             };
             if r.kind == RecvKind::Notification {
                 (self.on_signal)(r.badge);
@@ -129,11 +159,5 @@ impl ServerEndpoint for SimServer<'_> {
             self.caps.set(r.caps);
             return Ok((r.badge, r.len));
         }
-    }
-
-    fn reply(&mut self, msg: &[u8]) {
-        self.reply.clear();
-        self.reply.extend_from_slice(msg);
-        self.reply_pending = true;
     }
 }

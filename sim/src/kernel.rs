@@ -374,20 +374,30 @@ struct PidSet {
 }
 
 impl PidSet {
-    #[inline]
+    #[inline(always)]
     fn set(&mut self, pid: Pid, member: bool) {
         let (w, bit) = ((pid / 64) as usize, 1u64 << (pid % 64));
         if w >= self.words.len() {
-            self.words.resize(w + 1, 0);
+            if !member {
+                return;
+            }
+            self.grow(w);
         }
-        let was = self.words[w] & bit != 0;
-        if member && !was {
-            self.words[w] |= bit;
-            self.len += 1;
-        } else if !member && was {
-            self.words[w] &= !bit;
-            self.len -= 1;
+        let word = &mut self.words[w];
+        let was = *word & bit != 0;
+        if member != was {
+            *word ^= bit;
+            if member {
+                self.len += 1;
+            } else {
+                self.len -= 1;
+            }
         }
+    }
+
+    #[cold]
+    fn grow(&mut self, w: usize) {
+        self.words.resize(w + 1, 0);
     }
 
     fn len(&self) -> u32 {

@@ -141,7 +141,7 @@ struct Shared {
     kernel: RefCell<Kernel>,
     /// The coroutine of each started process that has not ended, by pid; taken out
     /// while it runs.
-    coroutines: RefCell<Vec<Option<Process>>>,
+    coroutines: RefCell<Vec<Option<Box<Process>>>>,
     /// The running process and its coroutine's yielder. A coroutine sets it when it
     /// starts and whenever it is resumed, on its own stack; whoever resumed it resets it
     /// as soon as the coroutine stops. So it names the coroutine executing now, if any.
@@ -302,7 +302,7 @@ impl Shared {
         if cos.len() <= pid as usize {
             cos.resize_with(pid as usize + 1, || None);
         }
-        cos[pid as usize] = Some(co);
+        cos[pid as usize] = Some(Box::new(co));
         k.procs[pid as usize].has_coroutine = true;
         Ok(())
     }

@@ -29,7 +29,11 @@ use system_description::{default_system, CapKind};
 
 const PAGE: u64 = 4096;
 const BIG: u64 = 256;
-const ROUNDS: usize = 200;
+const ROUNDS: usize = 400;
+/// Rounds timed back to back before the next op's turn.
+const RUN: usize = 40;
+/// Untimed rounds at the start of each run.
+const WARM_UP: usize = 4;
 const SMALL_PAIRS: u32 = 20_000;
 const IOVA: u64 = 0x4000_0000;
 
@@ -45,10 +49,6 @@ struct Figures {
     pairs_per_second: f64,
 }
 
-fn best(mut f: impl FnMut() -> Duration, rounds: usize) -> Duration {
-    (0..rounds).map(|_| f()).min().unwrap_or_default()
-}
-
 /// Memory a request maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
@@ -58,37 +58,55 @@ enum Layout {
     Scattered,
 }
 
-/// Times `op` (one map + unmap of the layout) the ways the table reports.
-fn measure(mut op: impl FnMut(Layout)) -> Figures {
-    let mut timed = |l: Layout| {
-        best(
-            || {
-                let t = Instant::now();
-                op(l);
-                t.elapsed()
-            },
-            ROUNDS,
-        )
-    };
-    let big = timed(Layout::Contiguous(BIG));
-    let scattered = timed(Layout::Scattered);
-    let small = timed(Layout::Contiguous(1));
-    let t = Instant::now();
-    for _ in 0..SMALL_PAIRS {
-        op(Layout::Contiguous(1));
+/// One map + unmap of a layout, done one of the ways the table compares.
+type Op<'a> = Box<dyn FnMut(Layout) + 'a>;
+
+/// Times each of `ops` (one map + unmap of the layout) the ways the table reports. Each
+/// op is timed in runs of back-to-back rounds (after a few untimed ones), so it runs with
+/// its own state hot, as in a loop of its own; the runs of the different ops alternate
+/// several times, so a slow phase of a shared machine touches every column alike instead
+/// of one of them. Figures are the best round.
+fn measure<const N: usize>(ops: &mut [Op<'_>; N]) -> [Figures; N] {
+    let mut figures = [Figures::default(); N];
+    for (layout, pick) in [
+        (Layout::Contiguous(BIG), 0),
+        (Layout::Scattered, 1),
+        (Layout::Contiguous(1), 2),
+    ] {
+        let mut best = [Duration::MAX; N];
+        for _ in 0..ROUNDS / RUN {
+            for (op, best) in ops.iter_mut().zip(&mut best) {
+                for _ in 0..WARM_UP {
+                    op(layout);
+                }
+                for _ in 0..RUN {
+                    let t = Instant::now();
+                    op(layout);
+                    *best = (*best).min(t.elapsed());
+                }
+            }
+        }
+        for (f, best) in figures.iter_mut().zip(best) {
+            match pick {
+                0 => f.big = best,
+                1 => f.scattered = best,
+                _ => f.small = best,
+            }
+        }
     }
-    let pairs_per_second = f64::from(SMALL_PAIRS) / t.elapsed().as_secs_f64();
-    Figures {
-        big,
-        scattered,
-        small,
-        pairs_per_second,
+    for (op, f) in ops.iter_mut().zip(&mut figures) {
+        let t = Instant::now();
+        for _ in 0..SMALL_PAIRS {
+            op(Layout::Contiguous(1));
+        }
+        f.pairs_per_second = f64::from(SMALL_PAIRS) / t.elapsed().as_secs_f64();
     }
+    figures
 }
 
 /// The driver library through the hardware seam, called directly: one `map` of
 /// `pages` physically contiguous pages and one `unmap`, on the same model.
-fn direct(kind: IommuKind) -> Figures {
+fn direct(kind: IommuKind) -> Op<'static> {
     let mem = PhysMem::new(0x4000_0000, 64 << 20);
     let tables = SimDma::new(mem.clone(), 0x4000_0000, 16 << 20);
     let data = 0x4100_0000;
@@ -109,9 +127,9 @@ fn direct(kind: IommuKind) -> Figures {
     }
 }
 
-fn direct_on<H: Hardware>(mut hw: H, data: u64) -> Figures {
+fn direct_on<H: Hardware + 'static>(mut hw: H, data: u64) -> Op<'static> {
     let d = hw.domain_alloc().expect("domain");
-    measure(|layout| match layout {
+    Box::new(move |layout| match layout {
         Layout::Contiguous(pages) => {
             hw.map(d, IOVA, data, pages * PAGE, Perm::RW).expect("map");
             hw.unmap(d, IOVA, pages * PAGE).expect("unmap");
@@ -143,7 +161,7 @@ impl PasidAuthority for NoPasids {
 
 /// iommu-server's core as a library: the same requests handled in-process (capability
 /// check, bookkeeping, hardware), without encoding or IPC.
-fn core(kind: IommuKind) -> Figures {
+fn core(kind: IommuKind) -> Op<'static> {
     let mem = PhysMem::new(0x4000_0000, 64 << 20);
     let tables = SimDma::new(mem.clone(), 0x4000_0000, 16 << 20);
     let config = Config {
@@ -173,7 +191,7 @@ fn core(kind: IommuKind) -> Figures {
     }
 }
 
-fn core_on<H: Hardware>(mut s: IommuServer<H, NoPasids>) -> Figures {
+fn core_on<H: Hardware + 'static>(mut s: IommuServer<H, NoPasids>) -> Op<'static> {
     let pages: Vec<u64> = (0..BIG).map(|i| 0x4100_0000 + i * PAGE).collect();
     let contiguous = s.grant_region(0, pages.clone()).expect("grant");
     let scattered = s
@@ -182,7 +200,7 @@ fn core_on<H: Hardware>(mut s: IommuServer<H, NoPasids>) -> Figures {
     let Ok(IommuReply::IoasAllocated { ioas }) = s.handle(0x1A, &IommuRequest::AllocIoas) else {
         panic!("IOAS")
     };
-    measure(|layout| {
+    Box::new(move |layout| {
         let (region, pages) = match layout {
             Layout::Contiguous(n) => (contiguous, n),
             Layout::Scattered => (scattered, BIG),
@@ -214,9 +232,11 @@ fn core_on<H: Hardware>(mut s: IommuServer<H, NoPasids>) -> Figures {
     })
 }
 
-/// The whole server path: a driver process of the default system (given 256 pages)
-/// calls iommu-server through its capability.
-fn server_path(kind: IommuKind) -> Figures {
+/// Measures the three ways on one IOMMU model: the whole server path from a driver
+/// process of the default system (given 256 pages), which calls iommu-server through its
+/// capability, interleaved with the driver library and the server core called directly
+/// (each on its own instance of the same model) from the same process.
+fn compare(kind: IommuKind) -> [Figures; 3] {
     let mut desc = default_system(kind);
     let a = desc.process_mut("driver-a").expect("default driver");
     for c in &mut a.caps {
@@ -224,7 +244,7 @@ fn server_path(kind: IommuKind) -> Figures {
             *pages = BIG;
         }
     }
-    let out: Arc<Mutex<Option<Figures>>> = Arc::default();
+    let out: Arc<Mutex<Option<[Figures; 3]>>> = Arc::default();
     let o = out.clone();
     let mut programs = Programs::new();
     programs.insert(
@@ -237,7 +257,7 @@ fn server_path(kind: IommuKind) -> Figures {
             let reversed: Vec<_> = frames.iter().rev().copied().collect();
             let scattered = d.grant(&reversed).expect("grant");
             let ioas = d.alloc_ioas().expect("IOAS");
-            let figures = measure(|layout| {
+            let server: Op<'_> = Box::new(|layout| {
                 let (region, pages) = match layout {
                     Layout::Contiguous(n) => (contiguous, n),
                     Layout::Scattered => (scattered, BIG),
@@ -253,6 +273,7 @@ fn server_path(kind: IommuKind) -> Figures {
                     .expect("map");
                 d.unmap(ioas, at, pages * PAGE).expect("unmap");
             });
+            let figures = measure(&mut [direct(kind), core(kind), server]);
             *o.lock().unwrap() = Some(figures);
         }),
     );
@@ -286,9 +307,7 @@ fn main() {
     );
     let mut results = BTreeMap::new();
     for kind in [IommuKind::Smmuv3, IommuKind::Vtd] {
-        let direct = direct(kind);
-        let core = core(kind);
-        let server = server_path(kind);
+        let [direct, core, server] = compare(kind);
         let rows = [
             (
                 "256 contiguous pages",
