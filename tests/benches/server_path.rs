@@ -8,7 +8,9 @@
 //! (capability check, bookkeeping, then the driver); `server` is the whole path from a
 //! driver process. 256-page requests are timed on physically contiguous memory (one
 //! driver call each way) and on 256 scattered frames (256 driver map calls, one unmap).
-//! Figures are the best of several rounds (time on a shared machine only adds noise).
+//! Figures are the best of several rounds (time on a shared machine only adds noise),
+//! all three columns measured from the same driver process, in runs that alternate
+//! between them. The build is the bench profile (fat LTO, one codegen unit).
 //! Target: for 256-page requests the server path costs at most 1.5x the direct call
 //! (`ratio`: server / driver). `vs core` (server / core lib) is what the encoding and the
 //! simulated kernel's IPC add to the same request handled in-process.
@@ -299,7 +301,10 @@ fn us(d: Duration) -> String {
 
 fn main() {
     println!("iommu-server: map+unmap through the server path on the simulation vs direct calls");
-    println!("(best of {ROUNDS}; {SMALL_PAIRS} single-page pairs for the rate)");
+    println!(
+        "(best of {ROUNDS} rounds, in runs of {RUN} alternating between the columns; \
+         {SMALL_PAIRS} single-page pairs for the rate)"
+    );
     println!();
     println!(
         "{:<8} {:<30} {:>11} {:>11} {:>11} {:>8} {:>8}",
