@@ -46,6 +46,8 @@ impl SimClient {
 impl ClientEndpoint for SimClient {
     type Error = SysError;
 
+    // Inlined down to the switch: see the crate's notes on returns after a switch.
+    #[inline(always)]
     fn call(&mut self, msg: &[u8], reply: &mut [u8]) -> Result<usize, SysError> {
         let caps = std::mem::take(&mut self.caps);
         let (len, reply_caps) = self.ctx.call_into(self.ep, msg, &caps, reply)?;
@@ -128,6 +130,8 @@ impl ServerEndpoint for SimServer<'_> {
         self.reply_pending = true;
     }
 
+    // Inlined down to the switch, as `next`.
+    #[inline(always)]
     fn reply_recv(&mut self, msg: &[u8], buf: &mut [u8]) -> Result<(Badge, usize), SysError> {
         // A reply buffered by `reply` is superseded.
         self.reply_pending = false;
@@ -138,6 +142,7 @@ impl ServerEndpoint for SimServer<'_> {
 impl SimServer<'_> {
     /// Sends `reply` (if any) and receives the next request, handing signals of the bound
     /// notification to `on_signal` meanwhile.
+    #[inline(always)]
     fn next(
         &mut self,
         mut reply: Option<&[u8]>,

@@ -22,6 +22,11 @@
 //!   `call` and `reply_recv` without capabilities take a fastpath when the other side
 //!   already waits and nothing is queued or delayed; it leaves the kernel exactly as
 //!   the general path would (same states, same trace, same scheduling decisions).
+//!   The functions from a call or receive down to the coroutine switch are inlined into
+//!   one another (`#[inline(always)]`): after a switch, each return into a caller's frame
+//!   runs against a return-address predictor filled by the other process's calls and
+//!   mispredicts, so a request round trip costs about one such return per frame between
+//!   the switch and the program.
 //! - **Devices** do DMA on their own, one page per step, through their IOMMU
 //!   ([`machine::IommuUnit`]), whatever happens to the process that programmed them, and
 //!   send page requests (PRI) to IOMMUs that take them. The kernel notes every DMA that
@@ -185,6 +190,7 @@ impl Shared {
 
     /// Resumes process `p`'s coroutine until it stops; returns the scheduler's choice it
     /// stopped with. `nested`: the caller is a process's coroutine, not the run loop.
+    #[inline(always)]
     fn resume(&self, p: Pid, nested: bool) -> Next {
         let mut co = self.coroutines.borrow_mut()[p as usize]
             .take()
@@ -207,6 +213,7 @@ impl Shared {
     }
 
     /// Sets [`Shared::running`] when the coroutine of `pid` gets control.
+    #[inline(always)]
     fn resumed(&self, pid: Pid, yielder: *const ProcYielder) {
         self.running.set(Some(Running {
             pid,
@@ -224,6 +231,7 @@ impl Shared {
     /// it. Both make the same choices in the same order as the run loop would; a call to
     /// a waiting server and its reply thus take one coroutine switch each, as a kernel
     /// that switches straight to the receiver would.
+    #[inline(always)]
     fn hand_over(&self, me: Pid, mut next: Next) {
         let running = self
             .running
@@ -248,6 +256,7 @@ impl Shared {
 
     /// Suspends the running coroutine with `next` for whoever resumed it; returns when it
     /// is resumed again.
+    #[inline(always)]
     fn suspend(&self, running: Running, next: Next) {
         // SAFETY: `running` holds the yielder of the coroutine executing now (the
         // coroutine sets it on its own stack when it gets control, its resumer resets it
@@ -269,6 +278,7 @@ impl Shared {
     /// The scheduling point at the end of every system call of `me`: if the scheduler
     /// picks another process (or nothing), `me` suspends until it is picked again.
     /// Unwinds if `me` was killed meanwhile.
+    #[inline(always)]
     fn switch<'a>(&'a self, me: Pid, mut k: RefMut<'a, Kernel>) -> RefMut<'a, Kernel> {
         match k.schedule() {
             Next::Run(p) if p == me => {}
@@ -667,6 +677,7 @@ impl Ctx {
         Ok(k)
     }
 
+    #[inline(always)]
     fn leave<'a>(&'a self, k: RefMut<'a, Kernel>) -> RefMut<'a, Kernel> {
         self.shared.switch(self.pid, k)
     }
@@ -710,6 +721,7 @@ impl Ctx {
 
     /// The kernel entry of a call; returns with the reply's capabilities (its bytes are
     /// in the message buffer).
+    #[inline(always)]
     fn call_entry(
         &self,
         ep: CPtr,
@@ -732,6 +744,7 @@ impl Ctx {
 
     /// [`Ctx::call`] with the reply copied into `reply` (as much as fits) instead of a new
     /// buffer; returns the reply's length and the capabilities that came with it.
+    #[inline(always)]
     pub fn call_into(
         &self,
         ep: CPtr,
@@ -815,6 +828,7 @@ impl Ctx {
     }
 
     /// The kernel entry of a reply-and-receive; returns once something arrived.
+    #[inline(always)]
     fn reply_recv_entry(
         &self,
         ep: CPtr,
@@ -840,6 +854,7 @@ impl Ctx {
     }
 
     /// [`Ctx::reply_recv`] with the next message copied into `out` (as much as fits).
+    #[inline(always)]
     pub fn reply_recv_into(
         &self,
         ep: CPtr,

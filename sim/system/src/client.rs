@@ -80,6 +80,8 @@ impl Driver {
     }
 
     /// A request through its client endpoint.
+    // Inlined, as `map` and `unmap`: see the `sim` crate's notes on returns after a switch.
+    #[inline(always)]
     pub fn request(&mut self, r: &IommuRequest) -> Result<IommuReply, Error> {
         server(call(&mut self.iommu, r))
     }
@@ -132,6 +134,7 @@ impl Driver {
         }
     }
 
+    #[inline(always)]
     pub fn map(
         &mut self,
         ioas: IoasId,
@@ -152,6 +155,7 @@ impl Driver {
         }
     }
 
+    #[inline(always)]
     pub fn unmap(&mut self, ioas: IoasId, iova: u64, length: u64) -> Result<u64, Error> {
         match self.request(&IommuRequest::Unmap { ioas, iova, length })? {
             IommuReply::Unmapped { length } => Ok(length),
