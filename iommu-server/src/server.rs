@@ -74,6 +74,8 @@ struct Region {
     owner: u32,
     /// Its 4 KiB frames, as physically contiguous runs.
     frames: Frames,
+    /// What mappings of it may allow.
+    access: Perm,
     /// Mappings and fault rings using it: it cannot be given back while pinned.
     pins: u32,
 }
@@ -264,8 +266,15 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
     // ----- memory granted by clients (delivered by the platform layer) -----
 
     /// Records memory a client granted (the physical frames behind a capability it
-    /// transferred); returns the region index it names in `MemoryRef`.
-    pub fn grant_region(&mut self, client: u32, frames: Vec<u64>) -> Result<u32, Error> {
+    /// transferred); returns the region index it names in `MemoryRef`. `access` is what
+    /// the capabilities allowed (`Perm::READ` or `Perm::RW`): a mapping asking for write
+    /// access to memory granted read-only is `Denied`.
+    pub fn grant_region(
+        &mut self,
+        client: u32,
+        frames: Vec<u64>,
+        access: Perm,
+    ) -> Result<u32, Error> {
         if client as usize >= self.clients.len()
             || frames.is_empty()
             || frames.iter().any(|f| !f.is_multiple_of(PAGE))
@@ -277,6 +286,7 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
             Region {
                 owner: client,
                 frames: Frames::new(&frames),
+                access,
                 pins: 0,
             },
         ))
@@ -516,6 +526,9 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
             return Err(Error::Invalid);
         }
         let region = self.region(client, memory.region)?;
+        if perm.contains(Perm::WRITE) && !region.access.contains(Perm::WRITE) {
+            return Err(Error::Denied);
+        }
         let region_len = region.frames.bytes();
         if memory
             .offset

@@ -318,7 +318,9 @@ fn map_attach_and_dma_reach_exactly_the_granted_frames() {
     let mut s = server();
     // Three frames, the last two contiguous: two hardware map calls.
     let frames = vec![0x10_0000, 0x20_0000, 0x20_1000];
-    let region = s.grant_region(client(&s, A), frames.clone()).unwrap();
+    let region = s
+        .grant_region(client(&s, A), frames.clone(), Perm::RW)
+        .unwrap();
     let dev = open(&mut s, A_DEV);
     let io = ioas(&mut s, A);
     let iova = map_any(&mut s, A, io, 3 * PAGE, region, Perm::RW);
@@ -339,7 +341,9 @@ fn map_attach_and_dma_reach_exactly_the_granted_frames() {
         Err(FaultKind::Translation)
     );
     // Read-only mapping: writes fault.
-    let r2 = s.grant_region(client(&s, A), vec![0x30_0000]).unwrap();
+    let r2 = s
+        .grant_region(client(&s, A), vec![0x30_0000], Perm::RW)
+        .unwrap();
     let ro = map(
         &mut s,
         A,
@@ -385,14 +389,42 @@ fn a_device_has_one_owner_and_only_capability_holders_open_it() {
 }
 
 #[test]
+fn memory_granted_read_only_is_mapped_for_reading_only() {
+    let mut s = server();
+    let region = s
+        .grant_region(client(&s, A), vec![0x10_0000], Perm::READ)
+        .unwrap();
+    let io = ioas(&mut s, A);
+    let anywhere = IovaPlacement::Anywhere { align: PAGE };
+    for perm in [Perm::RW, Perm::WRITE, Perm::WRITE | Perm::EXEC] {
+        assert_eq!(
+            map(&mut s, A, io, anywhere, PAGE, region, perm),
+            Err(Error::Denied),
+            "{perm:?}"
+        );
+    }
+    assert!(!s.hardware().log.iter().any(|o| matches!(o, Op::Map(..))));
+    let iova = map_any(&mut s, A, io, PAGE, region, Perm::READ | Perm::EXEC);
+    let dev = open(&mut s, A_DEV);
+    attach(&mut s, A, dev, None, io);
+    let hw = s.hardware();
+    assert_eq!(hw.dma(0x10, None, iova, false), Ok(0x10_0000));
+    assert_eq!(hw.dma(0x10, None, iova, true), Err(FaultKind::Permission));
+}
+
+#[test]
 fn a_client_cannot_touch_another_clients_objects() {
     let mut s = server();
-    let region = s.grant_region(client(&s, A), vec![0x10_0000]).unwrap();
+    let region = s
+        .grant_region(client(&s, A), vec![0x10_0000], Perm::RW)
+        .unwrap();
     let dev = open(&mut s, A_DEV);
     let io = ioas(&mut s, A);
     let iova = map_any(&mut s, A, io, PAGE, region, Perm::RW);
     attach(&mut s, A, dev, None, io);
-    let rregion = s.grant_region(client(&s, A), vec![0x11_0000]).unwrap();
+    let rregion = s
+        .grant_region(client(&s, A), vec![0x11_0000], Perm::RW)
+        .unwrap();
     let q = match ok(
         &mut s,
         A,
@@ -409,7 +441,9 @@ fn a_client_cannot_touch_another_clients_objects() {
         r => panic!("{r:?}"),
     };
     let b_io = ioas(&mut s, B);
-    let b_region = s.grant_region(client(&s, B), vec![0x50_0000]).unwrap();
+    let b_region = s
+        .grant_region(client(&s, B), vec![0x50_0000], Perm::RW)
+        .unwrap();
     let denied = [
         IommuRequest::Map {
             ioas: io,
@@ -470,7 +504,9 @@ fn a_client_cannot_touch_another_clients_objects() {
 fn objects_in_use_are_busy_and_memory_stays_until_unmapped() {
     let mut s = server();
     let a = client(&s, A);
-    let region = s.grant_region(a, vec![0x10_0000, 0x10_1000]).unwrap();
+    let region = s
+        .grant_region(a, vec![0x10_0000, 0x10_1000], Perm::RW)
+        .unwrap();
     let dev = open(&mut s, A_DEV);
     let io = ioas(&mut s, A);
     let iova = map(
@@ -561,7 +597,9 @@ fn objects_in_use_are_busy_and_memory_stays_until_unmapped() {
 fn bad_map_requests_are_refused_and_failed_maps_leave_nothing() {
     let mut s = server();
     let a = client(&s, A);
-    let region = s.grant_region(a, vec![0x10_0000, 0x30_0000]).unwrap();
+    let region = s
+        .grant_region(a, vec![0x10_0000, 0x30_0000], Perm::RW)
+        .unwrap();
     let io = ioas(&mut s, A);
     let fixed = |iova| IovaPlacement::Fixed(iova);
     assert_eq!(
@@ -611,7 +649,11 @@ fn bad_map_requests_are_refused_and_failed_maps_leave_nothing() {
     );
     // Quota: 64 pages per client.
     let big = s
-        .grant_region(a, (0..64).map(|i| 0x100_0000 + i * PAGE).collect())
+        .grant_region(
+            a,
+            (0..64).map(|i| 0x100_0000 + i * PAGE).collect(),
+            Perm::RW,
+        )
         .unwrap();
     assert_eq!(
         map(
@@ -648,7 +690,7 @@ fn faults_reach_the_owner_overflow_is_counted_and_page_responses_match_cookies()
     let mut s = server();
     let a = client(&s, A);
     let dev = open(&mut s, A_PASID_DEV);
-    let ring = s.grant_region(a, vec![0x70_0000]).unwrap();
+    let ring = s.grant_region(a, vec![0x70_0000], Perm::RW).unwrap();
     let q = match ok(
         &mut s,
         A,
@@ -771,7 +813,7 @@ fn faults_reach_the_owner_overflow_is_counted_and_page_responses_match_cookies()
 fn pasid_attachments_use_pasids_from_the_authority() {
     let mut s = server();
     let a = client(&s, A);
-    let region = s.grant_region(a, vec![0x10_0000]).unwrap();
+    let region = s.grant_region(a, vec![0x10_0000], Perm::RW).unwrap();
     let plain = open(&mut s, A_DEV);
     let dev = open(&mut s, A_PASID_DEV);
     assert_eq!(
@@ -840,7 +882,7 @@ fn a_dead_clients_memory_is_released_only_after_no_device_can_reach_it() {
     let mut s = server();
     let (a, b) = (client(&s, A), client(&s, B));
     let frames: Vec<u64> = (0..4).map(|i| 0x10_0000 + i * 2 * PAGE).collect();
-    let region = s.grant_region(a, frames.clone()).unwrap();
+    let region = s.grant_region(a, frames.clone(), Perm::RW).unwrap();
     let dev = open(&mut s, A_DEV);
     let pdev = open(&mut s, A_PASID_DEV);
     let io = ioas(&mut s, A);
@@ -852,7 +894,7 @@ fn a_dead_clients_memory_is_released_only_after_no_device_can_reach_it() {
     };
     attach(&mut s, A, pdev, Some(pasid), io);
     // B is mid-DMA on its own device.
-    let b_region = s.grant_region(b, vec![0x90_0000]).unwrap();
+    let b_region = s.grant_region(b, vec![0x90_0000], Perm::RW).unwrap();
     let b_dev = open(&mut s, B_DEV);
     let b_io = ioas(&mut s, B);
     let b_iova = map_any(&mut s, B, b_io, PAGE, b_region, Perm::RW);

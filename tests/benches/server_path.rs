@@ -195,9 +195,9 @@ fn core(kind: IommuKind) -> Op<'static> {
 
 fn core_on<H: Hardware + 'static>(mut s: IommuServer<H, NoPasids>) -> Op<'static> {
     let pages: Vec<u64> = (0..BIG).map(|i| 0x4100_0000 + i * PAGE).collect();
-    let contiguous = s.grant_region(0, pages.clone()).expect("grant");
+    let contiguous = s.grant_region(0, pages.clone(), Perm::RW).expect("grant");
     let scattered = s
-        .grant_region(0, pages.into_iter().rev().collect())
+        .grant_region(0, pages.into_iter().rev().collect(), Perm::RW)
         .expect("grant");
     let Ok(IommuReply::IoasAllocated { ioas }) = s.handle(0x1A, &IommuRequest::AllocIoas) else {
         panic!("IOAS")

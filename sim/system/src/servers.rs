@@ -8,8 +8,8 @@
 //!   size, hands the pages to [`IommuServer::grant_region`] and keeps the capabilities,
 //!   so the frames stay allocated (pinned) even if the client dies. `RevokeMemory` gives
 //!   a region back only when the core agrees nothing maps it, then deletes the
-//!   capabilities. A region granted through any read-only frame capability is mapped
-//!   read-only: `Map` with write permission is `Denied`.
+//!   capabilities. A region granted through any read-only frame capability is granted
+//!   to the core as read-only, which answers `Map` with write permission `Denied`.
 //! - **Faults**: fault delivery is part of iommu-server. Whenever the IOMMU's interrupt
 //!   signals the bound notification, the layer runs [`IommuServer::process_faults`],
 //!   acknowledges the interrupt and moves each client's records
@@ -68,7 +68,6 @@ struct Region {
     client: u32,
     /// (capability, physical address, bytes) of each frame, in grant order.
     frames: Vec<(CPtr, u64, u64)>,
-    writable: bool,
 }
 
 struct Ring {
@@ -225,16 +224,6 @@ impl Platform {
                     .map(IommuReply::Usage)
                     .ok_or(Error::NotFound)
             }
-            IommuRequest::Map { memory, perm, .. } if perm.contains(Perm::WRITE) => {
-                if let (Some(client), Some(r)) =
-                    (self.core.caller(badge), self.regions.get(&memory.region))
-                {
-                    if r.client == client && !r.writable {
-                        return Err(Error::Denied);
-                    }
-                }
-                self.core.handle(badge, request)
-            }
             IommuRequest::AllocFaultQueue { ring, depth, .. } => {
                 let reply = self.core.handle(badge, request)?;
                 if let IommuReply::FaultQueueAllocated { queue } = reply {
@@ -305,13 +294,13 @@ impl Platform {
             pages.extend((0..bytes / FRAME).map(|i| pa + i * FRAME));
             info.push((c, pa, bytes));
         }
-        let region = self.core.grant_region(client, pages)?;
+        let access = if writable { Perm::RW } else { Perm::READ };
+        let region = self.core.grant_region(client, pages, access)?;
         self.regions.insert(
             region,
             Region {
                 client,
                 frames: info,
-                writable,
             },
         );
         Ok(IommuReply::Granted { region })

@@ -97,6 +97,40 @@ fn smmuv3_driver_maps_attaches_and_dmas() {
 
 /// Every process holds exactly what the description lists (memory as its frames), and
 /// init only its own capabilities, its untyped memory and the processes it supervises.
+/// Memory granted through a read-only frame capability is mapped for reading only, on
+/// both IOMMUs: a writable mapping is denied and a device write through a read mapping
+/// faults and leaves the frame as it was.
+#[test]
+fn a_read_only_frame_capability_grants_read_only_memory() {
+    for kind in [IommuKind::Smmuv3, IommuKind::Vtd] {
+        let programs = each_driver(|mut d, dev| {
+            let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 1) as u8).collect();
+            d.write(0, 0, &pattern);
+            let (device, _) = d.open(dev).unwrap();
+            let ro = d.ctx.copy(d.mem[0], sim::Rights::READ).unwrap();
+            let region = d.grant(&[ro]).unwrap();
+            let ioas = d.alloc_ioas().unwrap();
+            let anywhere = IovaPlacement::Anywhere { align: 4096 };
+            let memory = MemoryRef { region, offset: 0 };
+            assert_eq!(
+                d.map(ioas, anywhere, 4096, memory, Perm::RW),
+                Err(Error::Denied)
+            );
+            let iova = d.map(ioas, anywhere, 4096, memory, Perm::READ).unwrap();
+            d.attach(device, None, ioas).unwrap();
+            d.dma(dev, DmaJob::new(DmaDirection::FromMemory, iova, 4096))
+                .unwrap();
+            assert!(d
+                .dma(dev, DmaJob::new(DmaDirection::ToMemory, iova, 4096))
+                .is_err());
+            assert_eq!(d.read(0, 0, 4096), pattern);
+        });
+        let sys = System::build(default_system(kind), programs, &RunConfig::default()).unwrap();
+        let r = sys.run();
+        assert!(r.problems().is_empty(), "{kind:?}: {:#?}", r.problems());
+    }
+}
+
 #[test]
 fn init_hands_out_exactly_the_listed_capabilities() {
     use sim::{ObjKind, Rights};

@@ -696,7 +696,7 @@ fn iommu_server_routes_pasid_dma_page_requests_and_responses() {
         let Reply::IoasAllocated { ioas } = ok(s, Req::AllocIoas) else {
             panic!("AllocIoas");
         };
-        let region = s.grant_region(client, vec![frame]).unwrap();
+        let region = s.grant_region(client, vec![frame], Perm::RW).unwrap();
         let Reply::Mapped { iova } = ok(
             s,
             Req::Map {
@@ -739,7 +739,9 @@ fn iommu_server_routes_pasid_dma_page_requests_and_responses() {
     assert_eq!(mem.read_u64(FRAME + 0x1000).unwrap(), 0x2);
     // A page request reaches the owner's fault queue with a cookie; the owner's
     // response reaches the device as the group's response.
-    let ring = s.grant_region(client, vec![FRAME + 0x2000]).unwrap();
+    let ring = s
+        .grant_region(client, vec![FRAME + 0x2000], Perm::RW)
+        .unwrap();
     let Reply::FaultQueueAllocated { queue } = ok(
         &mut s,
         Req::AllocFaultQueue {
