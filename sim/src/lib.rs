@@ -137,8 +137,8 @@ type ProcYielder = Yielder<(), Next>;
 struct Running {
     pid: Pid,
     yielder: *const ProcYielder,
-    /// Resumed by another process (which runs the scheduler's choices until it is picked
-    /// again) rather than by the run loop.
+    /// Resumed by another process (which waits in [`Shared::hand_over`] until it is
+    /// picked again) rather than by the run loop.
     nested: bool,
 }
 
@@ -225,12 +225,14 @@ impl Shared {
     /// Hands control on from `me` to the scheduler's choice `next` and returns when the
     /// scheduler picks `me` again. Must be called by `me`, with the kernel released.
     ///
-    /// A process resumed by the run loop runs the scheduler's choices itself, each as a
-    /// coroutine nested in its own, until it is picked again (or nothing can run, which
-    /// only the run loop handles). A nested process goes back to the process that resumed
-    /// it. Both make the same choices in the same order as the run loop would; a call to
-    /// a waiting server and its reply thus take one coroutine switch each, as a kernel
-    /// that switches straight to the receiver would.
+    /// The running process runs the scheduler's choices itself, each as a coroutine nested
+    /// in its own, until it is picked again. A choice it cannot resume (a process up its
+    /// chain of resumers, which waits in this loop for its own turn) and "nothing can run"
+    /// (which only the run loop handles) go back to whoever resumed it. Every process is
+    /// resumed exactly when the scheduler picks it, in the order the run loop would; who
+    /// resumes it changes nothing else. A call to a waiting server and its reply thus take
+    /// one coroutine switch each, as a kernel that switches straight to the receiver
+    /// would: the caller resumes the server, which goes back to its resumer with the reply.
     #[inline(always)]
     fn hand_over(&self, me: Pid, mut next: Next) {
         let running = self
@@ -238,20 +240,30 @@ impl Shared {
             .get()
             .expect("a process hands over only while it runs");
         assert_eq!(running.pid, me, "a process hands over only itself");
-        if running.nested {
-            self.suspend(running, next);
-            return;
-        }
         loop {
             match next {
                 Next::Run(p) if p == me => return,
-                Next::Run(p) => next = self.resume(p, true),
-                Next::Idle => {
+                // The run loop resumed `me`: nothing is up the chain but the run loop.
+                Next::Run(p) if !running.nested || self.resumable(p) => {
+                    next = self.resume(p, true);
+                }
+                _ => {
                     self.suspend(running, next);
                     return;
                 }
             }
         }
+    }
+
+    /// Whether `p`'s coroutine is suspended (it is taken out while it runs, which for a
+    /// process the scheduler picks means it is up the running process's chain of
+    /// resumers).
+    #[inline(always)]
+    fn resumable(&self, p: Pid) -> bool {
+        self.coroutines
+            .borrow()
+            .get(p as usize)
+            .is_some_and(Option::is_some)
     }
 
     /// Suspends the running coroutine with `next` for whoever resumed it; returns when it
