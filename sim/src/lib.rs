@@ -155,6 +155,8 @@ struct Shared {
     /// [`Running::nested`]); read by the coroutine when it gets control.
     resuming_nested: Cell<bool>,
     stack_bytes: usize,
+    /// Coroutine switches into a process so far (see [`RunReport::switches`]).
+    switches: Cell<u64>,
 }
 
 /// Restores [`Shared::running`] to what it was before a coroutine was resumed, when the
@@ -201,6 +203,7 @@ impl Shared {
                 before: self.running.get(),
             };
             self.resuming_nested.set(nested);
+            self.switches.set(self.switches.get() + 1);
             co.resume(())
         };
         match result {
@@ -397,6 +400,10 @@ pub struct RunReport {
     pub waiting: Vec<(String, String)>,
     /// Kernel entries each process made so far.
     pub entries: Vec<(String, u64)>,
+    /// Coroutine resumes so far, by the run loop or by a process: the simulation's
+    /// context switches into a process (each has one back out). A call to a waiting
+    /// server with its reply takes one.
+    pub switches: u64,
 }
 
 impl RunReport {
@@ -452,6 +459,7 @@ impl Sim {
                 running: Cell::new(None),
                 resuming_nested: Cell::new(false),
                 stack_bytes: config.stack_bytes,
+                switches: Cell::new(0),
             }),
             seed: config.seed,
             down: false,
@@ -567,6 +575,7 @@ impl Sim {
                 .filter(|(n, _)| k.procs.iter().any(|p| &p.name == n && p.daemon))
                 .collect(),
             entries: k.entries(),
+            switches: self.shared.switches.get(),
         }
     }
 

@@ -131,6 +131,45 @@ fn a_read_only_frame_capability_grants_read_only_memory() {
     }
 }
 
+/// Coroutine switches of a run in which driver-a makes `requests` requests.
+fn switches_for(requests: u32) -> u64 {
+    let mut programs = Programs::new();
+    programs.insert(
+        "driver-a".into(),
+        Box::new(move |ctx| {
+            let mut d = Driver::new(ctx);
+            for _ in 0..requests {
+                let r = d.request(&ipc_protocol::iommu::IommuRequest::QueryDevice {
+                    device: ipc_protocol::iommu::DeviceId(99),
+                });
+                assert_eq!(r, Err(Error::NotFound));
+            }
+        }),
+    );
+    programs.insert("driver-b".into(), Box::new(|_| {}));
+    let sys = System::build(
+        default_system(IommuKind::Smmuv3),
+        programs,
+        &RunConfig::default(),
+    )
+    .unwrap();
+    let r = sys.run();
+    assert!(r.problems().is_empty(), "{:#?}", r.problems());
+    r.switches
+}
+
+/// A request to a waiting server and its reply take one switch into the server and one
+/// back, as a kernel switching straight to the receiver would, although init (which the
+/// run loop resumed) waits meanwhile and the driver runs nested in it.
+#[test]
+fn a_request_and_its_reply_take_one_switch_each_way() {
+    let extra = switches_for(1100) - switches_for(100);
+    assert!(
+        (1000..1050).contains(&extra),
+        "{extra} switches for 1000 requests"
+    );
+}
+
 #[test]
 fn init_hands_out_exactly_the_listed_capabilities() {
     use sim::{ObjKind, Rights};
