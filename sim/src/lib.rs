@@ -4,8 +4,9 @@
 //! - **Processes** are closures, each run as a stackful coroutine with its own stack
 //!   ([`SimConfig::stack_bytes`]) on the thread that runs the simulation ([`Sim::run`]).
 //!   Every kernel entry (every system call) is a scheduling point: the scheduler picks who
-//!   runs next with a seeded [`SplitMix64`]; if it picks another process, the caller's
-//!   coroutine suspends and the run loop resumes the chosen one. Nothing runs in
+//!   runs next with a seeded [`SplitMix64`]; if it picks another process, the caller
+//!   resumes the chosen one's coroutine (or suspends to whoever resumed it, when the
+//!   chosen one is up its chain of resumers or nothing can run). Nothing runs in
 //!   parallel and the OS never schedules anything, so a run is reproduced by its seed
 //!   ([`SimConfig::seed`]).
 //! - **Capability spaces**: a process names objects only through slots ([`CPtr`]) of its
@@ -246,7 +247,8 @@ impl Shared {
         loop {
             match next {
                 Next::Run(p) if p == me => return,
-                // The run loop resumed `me`: nothing is up the chain but the run loop.
+                // A process the run loop resumed has no process up its chain, so it
+                // resumes every choice.
                 Next::Run(p) if !running.nested || self.resumable(p) => {
                     next = self.resume(p, true);
                 }

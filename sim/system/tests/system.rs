@@ -1,7 +1,7 @@
 //! The simulated system end to end: init executes the default description, the servers
 //! run as processes, a driver maps, attaches and DMAs through the real driver and model.
 
-use ipc_protocol::iommu::{IovaPlacement, MemoryRef, Perm};
+use ipc_protocol::iommu::{DeviceId, IommuRequest, IovaPlacement, MemoryRef, Perm};
 use ipc_protocol::Error;
 use sim::machine::{DmaDirection, DmaJob};
 use sim_system::client::Driver;
@@ -139,8 +139,8 @@ fn switches_for(requests: u32) -> u64 {
         Box::new(move |ctx| {
             let mut d = Driver::new(ctx);
             for _ in 0..requests {
-                let r = d.request(&ipc_protocol::iommu::IommuRequest::QueryDevice {
-                    device: ipc_protocol::iommu::DeviceId(99),
+                let r = d.request(&IommuRequest::QueryDevice {
+                    device: DeviceId(99),
                 });
                 assert_eq!(r, Err(Error::NotFound));
             }
