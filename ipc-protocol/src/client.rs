@@ -27,11 +27,42 @@ pub fn call<C: ClientEndpoint, R: Request, T: Reply>(
     endpoint: &mut C,
     request: &R,
 ) -> Result<T, CallError<C::Error>> {
-    let mut msg = [0u8; MAX_MESSAGE_BYTES];
-    let n = encode_request(request, &mut msg)?;
-    let mut reply = [0u8; MAX_MESSAGE_BYTES];
+    call_with(endpoint, request, &mut CallBuffers::new())
+}
+
+/// The request and reply buffers of a call. A client that calls often keeps one and
+/// passes it to [`call_with`], so its calls do not clear two message-sized buffers each.
+pub struct CallBuffers {
+    msg: [u8; MAX_MESSAGE_BYTES],
+    reply: [u8; MAX_MESSAGE_BYTES],
+}
+
+impl CallBuffers {
+    pub const fn new() -> CallBuffers {
+        CallBuffers {
+            msg: [0; MAX_MESSAGE_BYTES],
+            reply: [0; MAX_MESSAGE_BYTES],
+        }
+    }
+}
+
+impl Default for CallBuffers {
+    fn default() -> Self {
+        CallBuffers::new()
+    }
+}
+
+/// [`call`] with the caller's buffers. Only the bytes this call encodes and receives are
+/// read, so what earlier calls left in them does not matter.
+#[inline(always)]
+pub fn call_with<C: ClientEndpoint, R: Request, T: Reply>(
+    endpoint: &mut C,
+    request: &R,
+    buffers: &mut CallBuffers,
+) -> Result<T, CallError<C::Error>> {
+    let n = encode_request(request, &mut buffers.msg)?;
     let m = endpoint
-        .call(&msg[..n], &mut reply)
+        .call(&buffers.msg[..n], &mut buffers.reply)
         .map_err(CallError::Endpoint)?;
-    Ok(decode_reply(request.label(), &reply[..m])?)
+    Ok(decode_reply(request.label(), &buffers.reply[..m])?)
 }

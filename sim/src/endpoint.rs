@@ -49,9 +49,13 @@ impl ClientEndpoint for SimClient {
     // Inlined down to the switch: see the crate's notes on returns after a switch.
     #[inline(always)]
     fn call(&mut self, msg: &[u8], reply: &mut [u8]) -> Result<usize, SysError> {
-        let caps = std::mem::take(&mut self.caps);
-        let (len, reply_caps) = self.ctx.call_into(self.ep, msg, &caps, reply)?;
-        self.reply_caps = reply_caps;
+        let r = self.ctx.call_into(self.ep, msg, &self.caps, reply);
+        // Attached capabilities go with this call only, whatever its outcome.
+        self.caps.clear();
+        let (len, reply_caps) = r?;
+        if !(reply_caps.is_empty() && self.reply_caps.is_empty()) {
+            self.reply_caps = reply_caps;
+        }
         Ok(len.min(reply.len()))
     }
 }
@@ -64,11 +68,19 @@ pub struct ReceivedCaps(Rc<RefCell<Vec<CPtr>>>);
 impl ReceivedCaps {
     /// Takes the capabilities of the current request (the handler then owns them).
     pub fn take(&self) -> Vec<CPtr> {
-        std::mem::take(&mut self.0.borrow_mut())
+        let mut caps = self.0.borrow_mut();
+        if caps.is_empty() {
+            // The usual request brings none: nothing to move.
+            return Vec::new();
+        }
+        std::mem::take(&mut caps)
     }
 
-    fn set(&self, caps: Vec<CPtr>) -> Vec<CPtr> {
-        std::mem::replace(&mut self.0.borrow_mut(), caps)
+    fn set(&self, caps: Vec<CPtr>) {
+        let mut held = self.0.borrow_mut();
+        if !(caps.is_empty() && held.is_empty()) {
+            *held = caps;
+        }
     }
 }
 
@@ -149,7 +161,7 @@ impl SimServer<'_> {
         buf: &mut [u8],
     ) -> Result<(Badge, usize), SysError> {
         // Capabilities the handler did not take are not kept.
-        for c in self.caps.set(Vec::new()) {
+        for c in self.caps.take() {
             self.ctx.delete(c)?;
         }
         loop {

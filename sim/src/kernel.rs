@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use sim_physmem::{PhysMem, RangeAllocator, FRAME};
 
+use crate::bytes::MsgBuf;
 use crate::cap::{CPtr, Cap, CapInfo, Obj, ObjKind, Pid, Rights, SysError};
 use crate::machine::{
     Access, DeviceDesc, DmaDirection, DmaFault, DmaJob, DmaRequest, IommuUnit, JobStatus,
@@ -131,16 +132,11 @@ pub struct Reply {
 /// What a blocking call returned with. Message and reply bytes are in the process's
 /// message buffer ([`ProcObj::msg`], its IPC buffer), so handing a message over copies it
 /// once and allocates nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Capabilities that came with a message or reply are in [`ProcObj::caps_in`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Inbox {
-    Message {
-        badge: u64,
-        kind: RecvKind,
-        caps: Vec<CPtr>,
-    },
-    Reply {
-        caps: Vec<CPtr>,
-    },
+    Message { badge: u64, kind: RecvKind },
+    Reply,
     Signal(u64),
 }
 
@@ -319,8 +315,11 @@ pub(crate) struct ProcObj {
     pub names: BTreeMap<String, CPtr>,
     pub entries: u64,
     pub inbox: Option<Inbox>,
+    /// The slots of the capabilities the message or reply in `inbox` brought (installed
+    /// in its capability space); taken with the inbox, so empty while none is waiting.
+    caps_in: Vec<CPtr>,
     /// The bytes of the last message or reply delivered to it (its IPC buffer).
-    pub msg: Vec<u8>,
+    pub msg: MsgBuf,
     reply_to: Option<Pid>,
     bound: Option<u32>,
     fault: Option<(u32, u64)>,
@@ -370,38 +369,48 @@ pub(crate) struct Kernel {
 #[derive(Debug, Default)]
 struct PidSet {
     words: Vec<u64>,
-    len: u32,
 }
 
 impl PidSet {
     #[inline(always)]
     fn set(&mut self, pid: Pid, member: bool) {
         let (w, bit) = ((pid / 64) as usize, 1u64 << (pid % 64));
-        if w >= self.words.len() {
-            if !member {
-                return;
-            }
-            self.grow(w);
-        }
-        let word = &mut self.words[w];
-        let was = *word & bit != 0;
-        if member != was {
-            *word ^= bit;
-            if member {
-                self.len += 1;
-            } else {
-                self.len -= 1;
-            }
+        match self.words.get_mut(w) {
+            Some(word) if member => *word |= bit,
+            Some(word) => *word &= !bit,
+            None if member => self.grow(w, bit),
+            None => {}
         }
     }
 
     #[cold]
-    fn grow(&mut self, w: usize) {
+    fn grow(&mut self, w: usize, bit: u64) {
         self.words.resize(w + 1, 0);
+        self.words[w] = bit;
     }
 
     fn len(&self) -> u32 {
-        self.len
+        self.words.iter().map(|w| w.count_ones()).sum()
+    }
+
+    /// The only member, if the set has exactly one.
+    #[inline(always)]
+    fn single(&self) -> Option<Pid> {
+        if let [w] = self.words[..] {
+            // Up to 64 processes: one word.
+            return (w != 0 && w & (w - 1) == 0).then(|| w.trailing_zeros());
+        }
+        let mut found = None;
+        for (i, &w) in self.words.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            if found.is_some() || w & (w - 1) != 0 {
+                return None;
+            }
+            found = Some(i as Pid * 64 + w.trailing_zeros());
+        }
+        found
     }
 
     /// The `k`-th member in pid order (`k < len`).
@@ -553,7 +562,8 @@ impl Kernel {
             names: BTreeMap::new(),
             entries: 0,
             inbox: None,
-            msg: Vec::new(),
+            msg: MsgBuf::default(),
+            caps_in: Vec::new(),
             reply_to: None,
             bound: None,
             fault: None,
@@ -747,7 +757,25 @@ impl Kernel {
 
     /// Counts a kernel entry of `pid` (a step) and fires the kill points it reaches.
     #[inline]
-    pub fn enter(&mut self, pid: Pid, call: Syscall) {
+    /// Counts a kernel entry of `pid` (a step), firing kill points. Returns whether a kill
+    /// point could have fired (only then may `pid` be dying now).
+    pub fn enter(&mut self, pid: Pid, call: Syscall) -> bool {
+        if !self.inject.kills.is_empty() {
+            self.enter_with_kill_points(pid, call);
+            return true;
+        }
+        self.step += 1;
+        self.procs[pid as usize].entries += 1;
+        self.record(Event::Syscall {
+            step: self.step,
+            pid,
+            call,
+        });
+        false
+    }
+
+    #[cold]
+    fn enter_with_kill_points(&mut self, pid: Pid, call: Syscall) {
         self.tick();
         self.procs[pid as usize].entries += 1;
         self.record(Event::Syscall {
@@ -851,6 +879,7 @@ impl Kernel {
         let p = &mut self.procs[pid as usize];
         p.reply_to = None;
         p.inbox = None;
+        p.caps_in.clear();
         if let Some(n) = p.bound.take() {
             self.ntfns[n as usize].bound = None;
         }
@@ -1019,9 +1048,9 @@ impl Kernel {
         }
         let slots = self.install_all(caller, caps);
         let c = &mut self.procs[caller as usize];
-        c.msg.clear();
-        c.msg.extend_from_slice(bytes);
-        c.inbox = Some(Inbox::Reply { caps: slots });
+        c.msg.set(bytes);
+        c.inbox = Some(Inbox::Reply);
+        c.caps_in = slots;
         self.set_state(caller, PState::Ready);
         Ok(())
     }
@@ -1052,12 +1081,10 @@ impl Kernel {
         };
         let rp = &mut self.procs[r as usize];
         debug_assert_eq!(rp.state, PState::Blocked(Wait::Receive(ep)));
-        rp.msg.clear();
-        rp.msg.extend_from_slice(bytes);
+        rp.msg.set(bytes);
         rp.inbox = Some(Inbox::Message {
             badge,
             kind: RecvKind::Call,
-            caps: Vec::new(),
         });
         rp.reply_to = Some(pid);
         rp.state = PState::Ready;
@@ -1094,9 +1121,8 @@ impl Kernel {
             return false;
         }
         let c = &mut self.procs[caller as usize];
-        c.msg.clear();
-        c.msg.extend_from_slice(bytes);
-        c.inbox = Some(Inbox::Reply { caps: Vec::new() });
+        c.msg.set(bytes);
+        c.inbox = Some(Inbox::Reply);
         c.state = PState::Ready;
         self.ready.set(caller, true);
         let me = &mut self.procs[pid as usize];
@@ -1164,13 +1190,9 @@ impl Kernel {
         let slots = self.install_all(r, caps);
         let kind = if call { RecvKind::Call } else { RecvKind::Send };
         let rp = &mut self.procs[r as usize];
-        rp.msg.clear();
-        rp.msg.extend_from_slice(bytes);
-        rp.inbox = Some(Inbox::Message {
-            badge,
-            kind,
-            caps: slots,
-        });
+        rp.msg.set(bytes);
+        rp.inbox = Some(Inbox::Message { badge, kind });
+        rp.caps_in = slots;
         rp.reply_to = if call { from } else { None };
         self.set_state(r, PState::Ready);
         if let Some(s) = from {
@@ -1269,8 +1291,15 @@ impl Kernel {
         Ok(())
     }
 
-    pub fn take_inbox(&mut self, pid: Pid) -> Option<Inbox> {
-        self.procs[pid as usize].inbox.take()
+    pub fn take_inbox(&mut self, pid: Pid) -> Option<(Inbox, Vec<CPtr>)> {
+        let p = &mut self.procs[pid as usize];
+        let inbox = p.inbox.take()?;
+        let caps = if p.caps_in.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut p.caps_in)
+        };
+        Some((inbox, caps))
     }
 
     // ----- frames -----
@@ -1613,13 +1642,14 @@ impl Kernel {
     pub fn schedule(&mut self) -> Next {
         // The common case, decided as the general loop below would decide it: one
         // process ready, no device with work, nobody dying, no delayed deliveries.
-        if self.ready.len() == 1
-            && self.busy_devices == 0
+        if self.busy_devices == 0
             && self.dying == 0
             && !self.shutting_down
             && self.inject.delay_per_mille == 0
         {
-            return Next::Run(self.ready.nth(0));
+            if let Some(p) = self.ready.single() {
+                return Next::Run(p);
+            }
         }
         self.schedule_general()
     }
@@ -1891,7 +1921,7 @@ mod tests {
             procs: k
                 .procs
                 .iter()
-                .map(|p| (p.state, p.inbox.clone(), p.msg.clone(), p.reply_to))
+                .map(|p| (p.state, p.inbox, p.msg.as_slice().to_vec(), p.reply_to))
                 .collect(),
             ready: (0..k.ready.len()).map(|i| k.ready.nth(i)).collect(),
             receivers: k
@@ -1935,7 +1965,6 @@ mod tests {
             Some(Inbox::Message {
                 badge: 0x1A,
                 kind: RecvKind::Call,
-                caps: Vec::new()
             })
         );
         assert_eq!(after_call.procs[1].2, b"request");
@@ -1946,10 +1975,7 @@ mod tests {
         assert_eq!(ipc_state(&fast), ipc_state(&general));
         let after_reply = ipc_state(&fast);
         assert_eq!(after_reply.procs[0].0, PState::Ready);
-        assert_eq!(
-            after_reply.procs[0].1,
-            Some(Inbox::Reply { caps: Vec::new() })
-        );
+        assert_eq!(after_reply.procs[0].1, Some(Inbox::Reply));
         assert_eq!(after_reply.procs[0].2, b"reply");
         assert_eq!(after_reply.procs[1].0, PState::Blocked(Wait::Receive(0)));
         assert_eq!(after_reply.receivers, vec![vec![1]]);

@@ -55,6 +55,7 @@
 //! caller blocked, as seL4 does; caps arrive in fresh slots of the receiver's space
 //! (no receive window).
 
+mod bytes;
 pub mod cap;
 pub mod endpoint;
 mod kernel;
@@ -243,7 +244,7 @@ impl Shared {
             .running
             .get()
             .expect("a process hands over only while it runs");
-        assert_eq!(running.pid, me, "a process hands over only itself");
+        debug_assert_eq!(running.pid, me, "a process hands over only itself");
         loop {
             match next {
                 Next::Run(p) if p == me => return,
@@ -692,8 +693,7 @@ impl Ctx {
         if std::thread::panicking() || !matches!(k.state(self.pid), PState::Ready) {
             return Err(SysError::IllegalOperation);
         }
-        k.enter(self.pid, call);
-        if k.is_dying(self.pid) {
+        if k.enter(self.pid, call) && k.is_dying(self.pid) {
             drop(k);
             resume_unwind(Box::new(Killed));
         }
@@ -717,7 +717,7 @@ impl Ctx {
         r
     }
 
-    fn inbox(&self, k: &mut Kernel) -> Inbox {
+    fn inbox(&self, k: &mut Kernel) -> (Inbox, Vec<CPtr>) {
         k.take_inbox(self.pid)
             .expect("a process woken from a blocking call has its result")
     }
@@ -725,9 +725,9 @@ impl Ctx {
     /// Copies the message buffer into `out` (as much as fits); returns the message's
     /// length.
     fn copy_msg(&self, k: &Kernel, out: &mut [u8]) -> usize {
-        let msg = &k.procs[self.pid as usize].msg;
+        let msg = k.procs[self.pid as usize].msg.as_slice();
         let n = msg.len().min(out.len());
-        out[..n].copy_from_slice(&msg[..n]);
+        bytes::copy(&mut out[..n], &msg[..n]);
         msg.len()
     }
 
@@ -737,7 +737,7 @@ impl Ctx {
     pub fn call(&self, ep: CPtr, msg: &[u8], caps: &[CPtr]) -> Result<Reply, SysError> {
         let (k, caps) = self.call_entry(ep, msg, caps)?;
         Ok(Reply {
-            bytes: k.procs[self.pid as usize].msg.clone(),
+            bytes: k.procs[self.pid as usize].msg.as_slice().to_vec(),
             caps,
         })
     }
@@ -760,7 +760,7 @@ impl Ctx {
         let mut k = self.leave(k);
         r?;
         match self.inbox(&mut k) {
-            Inbox::Reply { caps } => Ok((k, caps)),
+            (Inbox::Reply, caps) => Ok((k, caps)),
             _ => unreachable!("a caller is woken by a reply"),
         }
     }
@@ -796,19 +796,19 @@ impl Ctx {
     /// What a receive returned with; the bytes copied into `out`.
     fn received_into(&self, mut k: RefMut<'_, Kernel>, out: &mut [u8]) -> ReceivedInto {
         match self.inbox(&mut k) {
-            Inbox::Message { badge, kind, caps } => ReceivedInto {
+            (Inbox::Message { badge, kind }, caps) => ReceivedInto {
                 badge,
                 kind,
                 len: self.copy_msg(&k, out),
                 caps,
             },
-            Inbox::Signal(word) => ReceivedInto {
+            (Inbox::Signal(word), _) => ReceivedInto {
                 badge: word,
                 kind: RecvKind::Notification,
                 len: 0,
                 caps: Vec::new(),
             },
-            Inbox::Reply { .. } => unreachable!("a receiver is woken by a message"),
+            (Inbox::Reply, _) => unreachable!("a receiver is woken by a message"),
         }
     }
 
@@ -901,7 +901,7 @@ impl Ctx {
         match r? {
             Some(w) => Ok(w),
             None => match self.inbox(&mut k) {
-                Inbox::Signal(w) => Ok(w),
+                (Inbox::Signal(w), _) => Ok(w),
                 _ => unreachable!("a waiter is woken by a signal"),
             },
         }

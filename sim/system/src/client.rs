@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use ipc_protocol::client::{call, CallError};
+use ipc_protocol::client::{call_with, CallBuffers, CallError};
 use ipc_protocol::iommu::{
     DeviceId, DeviceInfo, FaultQueueId, IoasId, IommuReply, IommuRequest, IovaPlacement, MemoryRef,
     Perm,
@@ -34,6 +34,8 @@ pub struct Driver {
     /// Its frames (`mem.0`, `mem.1`, ...).
     pub mem: Vec<CPtr>,
     finished: Vec<JobStatus>,
+    /// Reused by every request (see [`call_with`]).
+    buffers: Box<CallBuffers>,
 }
 
 fn server<T>(r: Result<T, CallError<SysError>>) -> Result<T, Error> {
@@ -71,6 +73,7 @@ impl Driver {
             devices,
             ctx,
             finished: Vec::new(),
+            buffers: Box::default(),
         }
     }
 
@@ -83,7 +86,7 @@ impl Driver {
     // Inlined, as `map` and `unmap`: see the `sim` crate's notes on returns after a switch.
     #[inline(always)]
     pub fn request(&mut self, r: &IommuRequest) -> Result<IommuReply, Error> {
-        server(call(&mut self.iommu, r))
+        server(call_with(&mut self.iommu, r, &mut self.buffers))
     }
 
     /// A request through its capability naming `device`.
@@ -92,7 +95,7 @@ impl Driver {
             .devices
             .get_mut(device)
             .unwrap_or_else(|| panic!("no capability for `{device}`"));
-        server(call(ep, r))
+        server(call_with(ep, r, &mut self.buffers))
     }
 
     /// Raw bytes through its client endpoint; the raw reply.
