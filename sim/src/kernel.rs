@@ -261,7 +261,7 @@ struct Pending {
 struct EndpointObj {
     name: String,
     queue: VecDeque<Pending>,
-    receivers: VecDeque<Pid>,
+    receivers: PidQueue,
 }
 
 struct NtfnObj {
@@ -362,6 +362,40 @@ pub(crate) struct Kernel {
     dying: u32,
     /// How many devices have DMA jobs.
     busy_devices: u32,
+}
+
+/// Processes waiting in line (an endpoint's receivers), first come first served. Rarely
+/// more than one waits, so a vector whose single entry is taken without shifting.
+#[derive(Debug, Default)]
+struct PidQueue(Vec<Pid>);
+
+impl PidQueue {
+    #[inline(always)]
+    fn push_back(&mut self, pid: Pid) {
+        self.0.push(pid);
+    }
+
+    #[inline(always)]
+    fn pop_front(&mut self) -> Option<Pid> {
+        match self.0.len() {
+            0 => None,
+            1 => self.0.pop(),
+            _ => Some(self.0.remove(0)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Pid) -> bool) {
+        self.0.retain(keep);
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &Pid> {
+        self.0.iter()
+    }
 }
 
 /// A set of pids, as a bit set: the ready processes, which the scheduler counts and picks
@@ -517,7 +551,7 @@ impl Kernel {
         self.eps.push(EndpointObj {
             name: name.into(),
             queue: VecDeque::new(),
-            receivers: VecDeque::new(),
+            receivers: PidQueue::default(),
         });
         Obj::Endpoint(self.eps.len() as u32 - 1)
     }
