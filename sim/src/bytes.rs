@@ -1,6 +1,6 @@
 //! Copying message bytes. IPC messages are short (a header and a few fixed-size fields),
 //! and for them a call into the C library's `memcpy` costs more than the copy: up to 64
-//! bytes take two overlapping fixed-size moves each way, inline.
+//! bytes are copied inline as two overlapping fixed-size loads and stores.
 
 /// Copies `src` into `dst`, which must have the same length (panics otherwise, as
 /// `copy_from_slice` does).

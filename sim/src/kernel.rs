@@ -131,8 +131,8 @@ pub struct Reply {
 
 /// What a blocking call returned with. Message and reply bytes are in the process's
 /// message buffer ([`ProcObj::msg`], its IPC buffer), so handing a message over copies it
-/// once and allocates nothing.
-/// Capabilities that came with a message or reply are in [`ProcObj::caps_in`].
+/// once and allocates nothing. Capabilities that came with a message or reply are in
+/// [`ProcObj::caps_in`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Inbox {
     Message { badge: u64, kind: RecvKind },
@@ -790,26 +790,10 @@ impl Kernel {
     // ----- entering the kernel, dying -----
 
     /// Counts a kernel entry of `pid` (a step) and fires the kill points it reaches.
+    /// Returns whether any kill points were set (only then may `pid` be dying now).
     #[inline]
-    /// Counts a kernel entry of `pid` (a step), firing kill points. Returns whether a kill
-    /// point could have fired (only then may `pid` be dying now).
     pub fn enter(&mut self, pid: Pid, call: Syscall) -> bool {
-        if !self.inject.kills.is_empty() {
-            self.enter_with_kill_points(pid, call);
-            return true;
-        }
-        self.step += 1;
-        self.procs[pid as usize].entries += 1;
-        self.record(Event::Syscall {
-            step: self.step,
-            pid,
-            call,
-        });
-        false
-    }
-
-    #[cold]
-    fn enter_with_kill_points(&mut self, pid: Pid, call: Syscall) {
+        let kill_points = !self.inject.kills.is_empty();
         self.tick();
         self.procs[pid as usize].entries += 1;
         self.record(Event::Syscall {
@@ -817,9 +801,15 @@ impl Kernel {
             pid,
             call,
         });
-        if self.inject.kills.is_empty() {
-            return;
+        if kill_points {
+            self.fire_entry_kills(pid);
         }
+        kill_points
+    }
+
+    /// Fires the kill point at the current entry of `pid`, if there is one.
+    #[cold]
+    fn fire_entry_kills(&mut self, pid: Pid) {
         let p = &self.procs[pid as usize];
         let hit = self.inject.kills.iter().position(|k| {
             matches!(k, KillPoint::AtEntry { process, entry } if *process == p.name && *entry == p.entries)
