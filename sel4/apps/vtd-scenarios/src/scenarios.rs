@@ -39,6 +39,8 @@ const IOVA_UNMAP: u64 = 0x0c00_0000;
 const IOVA_PRIVATE: u64 = 0x0d00_0000;
 /// Base of the fault flood's addresses.
 const IOVA_FLOOD: u64 = 0x0e00_0000;
+/// A page mapped in the first device's domain for the domain switch.
+const IOVA_SWITCH: u64 = 0x0f00_0000;
 /// Transfers in the fault flood.
 const FLOOD: u64 = 32;
 
@@ -346,7 +348,7 @@ pub fn run(info: &StartInfo, tally: &mut Tally) {
         }
     }
     tally.check::<String>("vtd-init", Ok(()));
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 10] = [
         ("translated-dma", translated_dma),
         ("fault-unmapped", fault_unmapped),
         ("fault-readonly", fault_readonly),
@@ -354,11 +356,14 @@ pub fn run(info: &StartInfo, tally: &mut Tally) {
         ("isolation", isolation),
         ("fault-flood", fault_flood),
         ("fault-interrupt", fault_interrupt),
+        ("fault-detached", fault_detached),
+        ("domain-switch", domain_switch),
         ("queued-invalidation", queued_invalidation),
     ];
     for (name, scenario) in scenarios {
-        if name == "isolation" && rig.devices.len() < 2 {
-            say!("vtd-scenarios: isolation not run: one edu device granted");
+        if matches!(name, "isolation" | "fault-detached" | "domain-switch") && rig.devices.len() < 2
+        {
+            say!("vtd-scenarios: {name} not run: one edu device granted");
             continue;
         }
         let result = scenario(&mut rig);
@@ -522,6 +527,104 @@ fn isolation(rig: &mut Rig<'_>) -> Result<(), String> {
     }
     rig.vtd
         .unmap(dom, IOVA_PRIVATE, 4096)
+        .map_err(|e| format!("unmap: {e}"))?;
+    Ok(())
+}
+
+/// The last device, detached (its context entry cleared, then the context cache and the
+/// IOTLB invalidated): its write through the IOVA that was mapped faults for want of a
+/// context entry (reason 2, VT-d spec §7.1.3) and lands nowhere. Attached to its domain
+/// again, the same write works and faults nothing.
+fn fault_detached(rig: &mut Rig<'_>) -> Result<(), String> {
+    let d = rig.devices.len() - 1;
+    let bdf = rig.devices[d].bdf;
+    let (bus, devfn) = ((bdf >> 8) as u8, bdf as u8);
+    // The device's own buffer gets a known pattern while it is still attached.
+    rig.devices[d].input.fill(XFER, 0x6d);
+    rig.dma(d, Direction::ToDevice, IOVA_IN)?;
+    rig.devices[d].out.clear(0);
+    rig.vtd
+        .detach(bus, devfn)
+        .map_err(|e| format!("detach: {e}"))?;
+    rig.dma(d, Direction::FromDevice, IOVA_OUT)?;
+    let (records, _) = rig.drain("fault-detached");
+    let [r] = &records[..] else {
+        return Err(format!(
+            "{} fault records while detached, expected 1",
+            records.len()
+        ));
+    };
+    if r.source_id != bdf
+        || r.address != IOVA_OUT
+        || r.access != AccessType::Write
+        || r.reason != FaultReason::ContextEntryNotPresent
+    {
+        return Err(format!(
+            "record {r}, expected a context-entry-not-present write of {IOVA_OUT:#x} by {}",
+            Name(bdf)
+        ));
+    }
+    if !rig.devices[d].out.all(0) {
+        return Err("a detached device's write landed".into());
+    }
+    let dom = rig.devices[d].domain;
+    rig.vtd
+        .attach(dom, bus, devfn)
+        .map_err(|e| format!("attach again: {e}"))?;
+    rig.dma(d, Direction::FromDevice, IOVA_OUT)?;
+    let (records, _) = rig.drain("fault-detached");
+    if !records.is_empty() {
+        return Err(format!(
+            "{} fault records after attaching again",
+            records.len()
+        ));
+    }
+    if !rig.devices[d].out.holds(XFER, 0x6d) {
+        return Err("the write after attaching again did not land".into());
+    }
+    Ok(())
+}
+
+/// The last device moved into the first device's domain ([`Vtd::reattach`]) reaches what
+/// that domain maps and faults on what it does not; moved back, it faults on the first
+/// device's page again (each move is invalidated before it returns).
+fn domain_switch(rig: &mut Rig<'_>) -> Result<(), String> {
+    let d = rig.devices.len() - 1;
+    let bdf = rig.devices[d].bdf;
+    let (bus, devfn) = ((bdf >> 8) as u8, bdf as u8);
+    let (first, own) = (rig.devices[0].domain, rig.devices[d].domain);
+    let page = rig.pool.buffer(1).ok_or("DMA pool exhausted")?;
+    page.clear(0);
+    rig.vtd
+        .map(first, IOVA_SWITCH, page.pa, 4096, Prot::READ_WRITE)
+        .map_err(|e| format!("map: {e}"))?;
+    rig.devices[d].input.fill(XFER, 0x2c);
+    rig.dma(d, Direction::ToDevice, IOVA_IN)?;
+    rig.vtd
+        .reattach(first, bus, devfn)
+        .map_err(|e| format!("move to the first domain: {e}"))?;
+    rig.dma(d, Direction::FromDevice, IOVA_SWITCH)?;
+    let (records, _) = rig.drain("domain-switch");
+    if !records.is_empty() || !page.holds(XFER, 0x2c) {
+        return Err("the write through the first domain's mapping did not land".into());
+    }
+    rig.dma(d, Direction::FromDevice, IOVA_SWITCH + 0x1000)?;
+    let (records, _) = rig.drain("domain-switch");
+    rig.expect_one(&records, d, IOVA_SWITCH + 0x1000, Direction::FromDevice)
+        .map_err(|e| format!("in the first domain: {e}"))?;
+    rig.vtd
+        .reattach(own, bus, devfn)
+        .map_err(|e| format!("move back: {e}"))?;
+    page.clear(0);
+    rig.dma(d, Direction::FromDevice, IOVA_SWITCH)?;
+    let (records, _) = rig.drain("domain-switch");
+    rig.expect_one(&records, d, IOVA_SWITCH, Direction::FromDevice)
+        .map_err(|e| format!("back in its own domain: {e}"))?;
+    if !page.all(0) {
+        return Err("a write reached the first domain's page after moving back".into());
+    }
+    rig.vtd
+        .unmap(first, IOVA_SWITCH, 4096)
         .map_err(|e| format!("unmap: {e}"))?;
     Ok(())
 }

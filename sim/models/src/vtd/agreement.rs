@@ -25,6 +25,13 @@
 //!   `RECORD <iommu> fault-flood overflow=<0|1>` (whether FSTS.PFO was set).
 //! - `fault-interrupt`: A reads 0x0a00_0000, drain (on QEMU the fault event interrupt is
 //!   unmasked for this step; the record is the same).
+//! - `fault-detached`: B is detached (its context entry cleared and invalidated); B
+//!   writes its working IOVA, drain; B is attached to its domain again and writes the
+//!   same IOVA (no record), drain.
+//! - `domain-switch`: A maps 0x0f00_0000 read-write; B is moved to A's domain
+//!   (`Vtd::reattach`); B writes 0x0f00_0000 (no record), drain; B writes 0x0f00_1000
+//!   (unmapped there), drain; B is moved back to its own domain and writes 0x0f00_0000
+//!   again (unmapped there), drain.
 //!
 //! A step that fails in the simulation itself prints `RECORD <iommu> <scenario>
 //! error=<what>`, which no QEMU run prints, so the comparison fails visibly.
@@ -65,13 +72,15 @@ impl Mode {
 }
 
 /// The scenario names, in the order [`run`] runs them.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 8] = [
     "fault-unmapped",
     "fault-readonly",
     "fault-after-unmap",
     "isolation",
     "fault-flood",
     "fault-interrupt",
+    "fault-detached",
+    "domain-switch",
 ];
 
 /// Requester ID of edu A (00:03.0).
@@ -96,6 +105,7 @@ struct Machine {
     model: VtdModel,
     vtd: Driver,
     dom_a: DomainId,
+    dom_b: DomainId,
     next_frame: u64,
 }
 
@@ -135,6 +145,7 @@ impl Machine {
             model,
             vtd,
             dom_a: doms[0],
+            dom_b: doms[1],
             next_frame,
         })
     }
@@ -238,6 +249,32 @@ fn step(
         "fault-interrupt" => {
             m.read_recorded(EDU_A, 0x0a00_0000, prefix, out);
         }
+        "fault-detached" => {
+            let (bus, devfn) = ((EDU_B >> 8) as u8, EDU_B as u8);
+            m.vtd
+                .detach(bus, devfn)
+                .map_err(|e| format!("detach: {e}"))?;
+            m.write_recorded(EDU_B, WORKING_IOVA, prefix, out);
+            let dom = m.dom_b;
+            m.vtd
+                .attach(dom, bus, devfn)
+                .map_err(|e| format!("attach again: {e}"))?;
+            m.write_recorded(EDU_B, WORKING_IOVA, prefix, out);
+        }
+        "domain-switch" => {
+            let (bus, devfn) = ((EDU_B >> 8) as u8, EDU_B as u8);
+            let (a, b) = (m.dom_a, m.dom_b);
+            m.map_a(0x0f00_0000, Prot::READ_WRITE)?;
+            m.vtd
+                .reattach(a, bus, devfn)
+                .map_err(|e| format!("move to A's domain: {e}"))?;
+            m.write_recorded(EDU_B, 0x0f00_0000, prefix, out);
+            m.write_recorded(EDU_B, 0x0f00_1000, prefix, out);
+            m.vtd
+                .reattach(b, bus, devfn)
+                .map_err(|e| format!("move back: {e}"))?;
+            m.write_recorded(EDU_B, 0x0f00_0000, prefix, out);
+        }
         other => return Err(format!("unknown scenario {other}")),
     }
     Ok(())
@@ -258,18 +295,22 @@ mod tests {
     /// pieces of a failing 64-byte transfer collapse into the first record (same
     /// source-id), so every step gives one record; in the flood, B's faults find the one
     /// recording register full (overflow) and A's further faults collapse into its
-    /// pending record; scalable mode adds PP = 1 with PV = RID_PASID = 0. The seL4 image
-    /// printed exactly these lines on QEMU 7.2.
+    /// pending record; scalable mode adds PP = 1 with PV = RID_PASID = 0, except for a
+    /// missing context entry (reason 2), which is reported before any PASID is known. The
+    /// seL4 image printed exactly these lines on QEMU 7.2.
     #[test]
     fn records_are_the_ones_qemu_writes() {
         for mode in Mode::ALL {
             let p = if mode == Mode::Scalable { "0x0" } else { "-" };
             let n = mode.name();
-            let rec = |s: &str, src: &str, addr: &str, access: &str, reason: u8| {
+            let rec_pasid = |s: &str, src: &str, addr: &str, access: &str, reason: u8, p: &str| {
                 format!(
-                    "RECORD {n} {s} source={src} addr={addr} access={access} reason={reason:#x} \
-                     pasid={p} at=0 priv=0 exe=0 t2=0"
+                    "RECORD {n} {s} source={src} addr={addr} access={access} \
+                         reason={reason:#x} pasid={p} at=0 priv=0 exe=0 t2=0"
                 )
+            };
+            let rec = |s: &str, src: &str, addr: &str, access: &str, reason: u8| {
+                rec_pasid(s, src, addr, access, reason, p)
             };
             let want = vec![
                 rec("fault-unmapped", "00:03.0", "0xa000000", "read", 6),
@@ -280,6 +321,9 @@ mod tests {
                 rec("fault-flood", "00:03.0", "0xe000000", "read", 6),
                 format!("RECORD {n} fault-flood overflow=1"),
                 rec("fault-interrupt", "00:03.0", "0xa000000", "read", 6),
+                rec_pasid("fault-detached", "01:00.0", "0x8000000", "write", 2, "-"),
+                rec("domain-switch", "01:00.0", "0xf001000", "write", 5),
+                rec("domain-switch", "01:00.0", "0xf000000", "write", 5),
             ];
             assert_eq!(lines(mode), want, "{n}");
         }
