@@ -22,7 +22,13 @@
 //! hold more of those lines than they have ways and miss on every pair (a cache
 //! simulation of one build counted about 45 instruction-cache misses per server pair,
 //! none per driver pair). A change elsewhere in the program moves code, and has moved
-//! single columns by up to 30 %.
+//! single columns by up to 30 %. Loop alignment alone does as much: the same source built
+//! with every loop aligned to 64 bytes (`-C llvm-args=-align-loops=64`) ran the SMMUv3
+//! driver column for 256 contiguous pages in 0.34 µs instead of 0.39 µs while the server
+//! column stayed at 0.57 µs, which moved that ratio from about 1.45x to 1.68x. The
+//! server path's fixed cost per map+unmap pair (about 0.2 µs: two calls through the
+//! simulated kernel, the codec and the core's bookkeeping) is what the ratio measures
+//! against a driver pair of 0.34–0.40 µs.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
