@@ -533,8 +533,8 @@ fn isolation(rig: &mut Rig<'_>) -> Result<(), String> {
 
 /// The last device, detached (its context entry cleared, then the context cache and the
 /// IOTLB invalidated): its write through the IOVA that was mapped faults for want of a
-/// context entry (reason 2, VT-d spec §7.1.3) and lands nowhere. Attached to its domain
-/// again, the same write works and faults nothing.
+/// context entry (reason 2 of the VT-d spec's fault-condition tables) and lands nowhere.
+/// Attached to its domain again, the same write works and faults nothing.
 fn fault_detached(rig: &mut Rig<'_>) -> Result<(), String> {
     let d = rig.devices.len() - 1;
     let bdf = rig.devices[d].bdf;
