@@ -15,8 +15,9 @@
 //!   depends on may have been killed).
 //!
 //! A failure reads `FAIL <name> (seed <n>): <why>`; `SIM_SEED=<n>` reruns only that seed
-//! (after the seed-0 run the injection is derived from); `SIM_VERBOSE=1` prints each run's
-//! steps, time and kills.
+//! (after the seed-0 run the injection is derived from); `SIM_SEEDS=<n>` runs seeds 1..=n
+//! instead of [`SEEDS`] (a longer soak); `SIM_VERBOSE=1` prints each run's steps, time and
+//! kills.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -178,11 +179,17 @@ fn run_scenario(name: &str, kind: IommuKind, sc: &SimScenario) -> Outcome {
         ),
         Err(_) => None,
     };
+    let count: u64 = match std::env::var("SIM_SEEDS") {
+        Ok(s) => s
+            .parse()
+            .map_err(|_| format!("SIM_SEEDS=`{s}` is not a number of seeds"))?,
+        Err(_) => SEEDS,
+    };
     let base = run_once(kind, sc, 0, None).map_err(|e| rerun(0, e))?;
     let seeds = match only {
         Some(0) => return Ok(()),
         Some(s) => s..=s,
-        None => 1..=SEEDS,
+        None => 1..=count,
     };
     for seed in seeds {
         run_once(kind, sc, seed, Some(injection(seed, &base))).map_err(|e| rerun(seed, e))?;
@@ -678,10 +685,12 @@ fn isolation_programs(run: &Run) -> Programs {
                     DmaJob::new(DmaDirection::ToMemory, 0x4000_0000, 64)
                 )
                 .is_err());
-            // Where the IOMMU takes page requests: one of its own, waiting for its answer.
+            // A page request of its own (both simulated IOMMUs take them, with PASIDs),
+            // waiting for its answer.
             let info = query_device(&mut d, s.device);
+            assert!(info.pri && info.pasid_bits > 0, "page requests: {info:?}");
             let mut seen: Vec<Fault> = Vec::new();
-            let cookie = if info.pri && info.pasid_bits > 0 {
+            let cookie = {
                 let pasid = d.alloc_pasid(s.device).expect("PASID");
                 let second = d.alloc_ioas().expect("IOAS");
                 d.attach(s.device, Some(pasid), second)
@@ -707,9 +716,7 @@ fn isolation_programs(run: &Run) -> Programs {
                 assert_eq!(f.pasid, Some(pasid));
                 assert_ne!(f.cookie, 0);
                 board.put("b:cookie", f.cookie);
-                Some(f.cookie)
-            } else {
-                None
+                f.cookie
             };
             let (pa, _) = ctx.frame_info(d.mem[2]).expect("own frame");
             for (k, v) in [
@@ -739,15 +746,13 @@ fn isolation_programs(run: &Run) -> Programs {
                 assert!(found, "B's own fault is in B's ring: {faults:?}");
             }
             // B, and only B, answers its page request, once.
-            if let Some(cookie) = cookie {
-                let answer = IommuRequest::PageResponse {
-                    queue: ring.queue,
-                    cookie,
-                    code: PageResponseCode::Success,
-                };
-                assert_eq!(d.request(&answer), Ok(IommuReply::Done));
-                assert_eq!(d.request(&answer), Err(Error::NotFound));
-            }
+            let answer = IommuRequest::PageResponse {
+                queue: ring.queue,
+                cookie,
+                code: PageResponseCode::Success,
+            };
+            assert_eq!(d.request(&answer), Ok(IommuReply::Done));
+            assert_eq!(d.request(&answer), Err(Error::NotFound));
         }),
     );
     let board = run.board.clone();
@@ -833,7 +838,7 @@ fn isolation_programs(run: &Run) -> Programs {
                 }
             }
             // Its own queue answers no page request that was not delivered to it; B's
-            // pending page request (where the IOMMU has them) is B's to answer.
+            // pending page request is B's to answer.
             assert_eq!(
                 d.request(&IommuRequest::PageResponse {
                     queue: ring.queue,

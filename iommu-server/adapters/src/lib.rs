@@ -3,5 +3,6 @@
 
 extern crate alloc;
 
+pub mod groups;
 pub mod smmuv3;
 pub mod vtd;

@@ -18,13 +18,21 @@
 //! - Faults come from the event queue. A lost record (EVENTQ_PROD.OVFLG toggled, or, as
 //!   on QEMU 7.2, GERROR.EVENTQ_ABT_ERR) is counted as one lost fault: the SMMU reports
 //!   that records were lost, not how many.
-//! - Page responses: a stalled transaction's fault record (Stall = 1) is delivered as a
-//!   page request whose group is its STAG and answered with CMD_RESUME (retry on
-//!   success, abort otherwise) on an SMMU whose stall model allows stalling; elsewhere
-//!   (QEMU: STALL_MODEL = 0b01) [`Hardware::page_response`] is `Unsupported`. The
-//!   driver's CDs do not ask for stalls (CD.S = 0) and it sets up no PRI queue, so
-//!   [`Hardware::device_info`] reports neither stall nor PRI, and there are no PRI page
-//!   requests to answer with CMD_PRI_RESP.
+//! - PRI page requests: on an SMMU with IDR0.PRI the driver sets up the PRI queue and
+//!   [`Hardware::device_info`] reports PRI (QEMU 7.2 has no PRI). [`Hardware::drain_faults`]
+//!   delivers each PRI queue record after the event records, as one [`HwFault`] of kind
+//!   [`FaultKind::PageRequest`]: its page address, SubstreamID as PASID, `READ` for a
+//!   request for read access only, `LAST_IN_GROUP` on the group's last request, reason
+//!   0, and as `group` the PRG index with [`PRI_GROUP`] set. Answers are counted per
+//!   (StreamID, SubstreamID, PRG index) as [`crate::groups`] describes; the group's one
+//!   response is CMD_PRI_RESP (Success; Deny for an invalid request; Fail) followed by
+//!   CMD_SYNC. A PRI queue overflow (PRIQ_PROD.OVFLG, or GERROR.PRIQ_ABT_ERR) counts as
+//!   one lost fault.
+//! - Stalls: a stalled transaction's fault record (Stall = 1) is delivered as a page
+//!   request whose group is its STAG and answered with CMD_RESUME (retry on success,
+//!   abort otherwise) on an SMMU whose stall model allows stalling; elsewhere (QEMU:
+//!   STALL_MODEL = 0b01) answering it is `Unsupported`. The driver's CDs do not ask for
+//!   stalls (CD.S = 0), so [`Hardware::device_info`] does not report stalls.
 
 use alloc::collections::BTreeMap;
 
@@ -33,9 +41,12 @@ use ipc_protocol::iommu::{DeviceInfo, IommuKind, PageResponseCode, Perm};
 use ipc_protocol::pasid::Pasid;
 use ipc_protocol::records::{fault_flags, FaultKind};
 use ipc_protocol::Error;
-use smmuv3::cmd::{Command, ResumeAction};
+use smmuv3::cmd::{Command, PriResponse, ResumeAction};
 use smmuv3::event::{Event, StreamRef, TranslationFault};
 use smmuv3::features::StallModel;
+use smmuv3::priq::PriRecord;
+
+use crate::groups::{OpenGroups, Requested};
 use smmuv3::{DmaMemory, DomainId, MemAttr, PollTimeout, Prot, RegisterIo, Smmu, SmmuConfig};
 
 /// Page sizes the driver's tables use: 4KB pages, 2MB and 1GB blocks.
@@ -44,6 +55,13 @@ const PAGE_SIZES: u64 = (1 << 12) | (1 << 21) | (1 << 30);
 /// Stream reported for records that name none (F_VMS_FETCH, IMPLEMENTATION DEFINED and
 /// unknown types): iommu-server counts them as unrouted.
 pub const NO_STREAM: StreamId = StreamId::MAX;
+
+/// Set in [`HwFault::group`] of a PRI page request (the PRG index is below it); clear for
+/// a stalled transaction (the STAG).
+pub const PRI_GROUP: u32 = 1 << 31;
+
+/// A PRI page request group: StreamID, SubstreamID, PRG index.
+type PriGroup = (StreamId, Option<Pasid>, u16);
 
 #[derive(Debug, Clone, Copy)]
 struct Domain {
@@ -59,6 +77,8 @@ pub struct SmmuHardware<R: RegisterIo, M: DmaMemory, T: PollTimeout> {
     next_domain: u32,
     /// (StreamID, PASID) → the domain it is attached to.
     attached: BTreeMap<(StreamId, Option<Pasid>), u32>,
+    /// PRI page request groups with requests delivered and not all answered.
+    groups: OpenGroups<PriGroup>,
 }
 
 impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> SmmuHardware<R, M, T> {
@@ -77,6 +97,7 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> SmmuHardware<R, M, T> {
             domains: BTreeMap::new(),
             next_domain: 1,
             attached: BTreeMap::new(),
+            groups: OpenGroups::default(),
         }
     }
 
@@ -203,6 +224,28 @@ fn translation_fault(f: &TranslationFault, kind: FaultKind, reason: u8) -> HwFau
     h
 }
 
+/// A PRI queue record as iommu-server's page request.
+pub fn page_request(r: &PriRecord) -> HwFault {
+    let flags = Requested {
+        read: r.read,
+        write: r.write,
+        exec: r.exec,
+        privileged: r.privileged,
+        pasid: r.ssid.is_some(),
+        last: r.last,
+    }
+    .flags();
+    HwFault {
+        stream: r.sid,
+        pasid: r.ssid,
+        kind: FaultKind::PageRequest,
+        flags,
+        reason: 0,
+        address: r.addr,
+        group: PRI_GROUP | u32::from(r.prg_index),
+    }
+}
+
 /// An event record as iommu-server's fault.
 pub fn to_fault(e: &Event) -> HwFault {
     let code = e.code();
@@ -253,9 +296,9 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Hardware for SmmuHardware<R, M
         DeviceInfo {
             iommu: IommuKind::Smmuv3,
             pasid_bits: self.smmu.ssid_bits(),
-            // No PRI queue; ATS is not enabled in STEs (EATS = 0); the driver's CDs do not
-            // ask for stalls (CD.S = 0).
-            pri: false,
+            // ATS is not enabled in STEs (EATS = 0); the driver's CDs do not ask for
+            // stalls (CD.S = 0).
+            pri: self.smmu.pri_enabled(),
             ats: false,
             stall: false,
             iova_bits: self.va_bits,
@@ -345,16 +388,61 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Hardware for SmmuHardware<R, M
                 break;
             }
         }
+        for _ in 0..4 {
+            let mut requests = alloc::vec::Vec::new();
+            let report = self.smmu.drain_page_requests(|r| requests.push(r));
+            for r in &requests {
+                self.groups.delivered((r.sid, r.ssid, r.prg_index), r.last);
+            }
+            if report.lost_records() {
+                lost = lost.saturating_add(1);
+                // Requests were dropped: the SMMU answered the groups whose last request
+                // was among them.
+                self.groups.overflowed();
+            }
+            for r in &requests {
+                sink(page_request(r));
+            }
+            if report.events == 0 {
+                break;
+            }
+        }
         lost
     }
 
     fn page_response(
         &mut self,
         stream: StreamId,
-        _pasid: Option<Pasid>,
+        pasid: Option<Pasid>,
         group: u32,
         code: PageResponseCode,
     ) -> Result<(), Error> {
+        if group & PRI_GROUP != 0 {
+            if !self.smmu.pri_enabled() {
+                return Err(Error::Unsupported);
+            }
+            let index = u16::try_from(group & !PRI_GROUP)
+                .ok()
+                .filter(|&i| u64::from(i) <= smmuv3::priq::PRIQ_1_PRG_IDX)
+                .ok_or(Error::Invalid)?;
+            let Some(code) = self.groups.answer((stream, pasid, index), code)? else {
+                return Ok(());
+            };
+            let resp = match code {
+                PageResponseCode::Success => PriResponse::Success,
+                PageResponseCode::Invalid => PriResponse::Deny,
+                PageResponseCode::Failure => PriResponse::Fail,
+            };
+            return self
+                .smmu
+                .command_sync(&[Command::PriResp {
+                    sid: stream,
+                    ssid: pasid,
+                    grpid: index,
+                    resp,
+                }])
+                .map_err(to_error);
+        }
         // CMD_RESUME is only a command on an SMMU that can stall.
         let can_stall = matches!(
             self.smmu.features().stall_model,

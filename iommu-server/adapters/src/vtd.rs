@@ -34,14 +34,9 @@
 //! - Page responses: VT-d answers a whole group once (a page group response after its
 //!   last request), while iommu-server answers every request it delivered. The adapter
 //!   counts, per (stream, PASID, group), the requests delivered and not yet answered, and
-//!   sends the group response ([`Vtd::page_group_response`]) when the last of them is
-//!   answered after the group's last request arrived, with the worst code given (any
-//!   failure, else any invalid, else success). A response naming no such request is
-//!   `NotFound`; without a page request queue [`Hardware::page_response`] is
-//!   `Unsupported`. When the queue overflowed, the hardware may have dropped (and
-//!   answered itself) the last request of any group still open: such groups are
-//!   forgotten once their delivered requests are answered, without a response of their
-//!   own unless their last request does arrive.
+//!   sends the group response ([`Vtd::page_group_response`]) as [`crate::groups`]
+//!   describes. A response naming no such request is `NotFound`; without a page request
+//!   queue [`Hardware::page_response`] is `Unsupported`.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -56,6 +51,8 @@ use ipc_protocol::records::{fault_flags, FaultKind};
 use ipc_protocol::Error;
 use vtd::fault::{AccessType, FaultRecord, PageGroup, PageRequest, ResponseCode, MAX_GROUP_INDEX};
 use vtd::{DomainId, Prot, Vtd};
+
+use crate::groups::{OpenGroups, Requested};
 
 /// Fault reasons (VT-d spec fault-condition tables) the adapter classifies.
 mod reason {
@@ -76,36 +73,6 @@ mod reason {
     }
 }
 
-/// A page request group some of whose requests were delivered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct OpenGroup {
-    /// Requests delivered and not answered yet.
-    outstanding: u32,
-    /// The group's last request (LPIG) was delivered: the group needs a response.
-    last_seen: bool,
-    /// The worst code answered so far.
-    code: ResponseCode,
-    /// Open when the page request queue overflowed: its last request may have been
-    /// dropped (and the group answered by the hardware).
-    orphaned: bool,
-}
-
-/// The response code that wins when the requests of one group are answered differently.
-const fn worse(a: ResponseCode, b: ResponseCode) -> ResponseCode {
-    const fn rank(c: ResponseCode) -> u8 {
-        match c {
-            ResponseCode::Success => 0,
-            ResponseCode::InvalidRequest => 1,
-            ResponseCode::Failure => 2,
-        }
-    }
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
-    }
-}
-
 /// [`Hardware`] over one VT-d remapping unit.
 pub struct VtdHardware<R: RegisterIo, M: DmaMemory, T: PollTimeout> {
     vtd: Vtd<R, M, T>,
@@ -120,7 +87,7 @@ pub struct VtdHardware<R: RegisterIo, M: DmaMemory, T: PollTimeout> {
     /// Requesters whose requests without PASID are on the blocking domain.
     blocked: BTreeSet<u16>,
     /// Page request groups with requests delivered and not all answered.
-    groups: BTreeMap<PageGroup, OpenGroup>,
+    groups: OpenGroups<PageGroup>,
 }
 
 impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> VtdHardware<R, M, T> {
@@ -134,7 +101,7 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> VtdHardware<R, M, T> {
             pasids: BTreeMap::new(),
             blocking: None,
             blocked: BTreeSet::new(),
-            groups: BTreeMap::new(),
+            groups: OpenGroups::default(),
         }
     }
 
@@ -191,30 +158,16 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> VtdHardware<R, M, T> {
 
     /// A page request as iommu-server's fault, counted in its group.
     fn page_request(&mut self, p: &PageRequest) -> HwFault {
-        let g = self.groups.entry(p.group()).or_insert(OpenGroup {
-            outstanding: 0,
-            last_seen: false,
-            code: ResponseCode::Success,
-            orphaned: false,
-        });
-        g.outstanding += 1;
-        g.last_seen |= p.last_in_group;
-        let mut flags = 0;
-        if p.read && !p.write {
-            flags |= fault_flags::READ;
+        self.groups.delivered(p.group(), p.last_in_group);
+        let flags = Requested {
+            read: p.read,
+            write: p.write,
+            exec: p.execute,
+            privileged: p.privileged,
+            pasid: p.pasid.is_some(),
+            last: p.last_in_group,
         }
-        if p.privileged {
-            flags |= fault_flags::PRIVILEGED;
-        }
-        if p.execute {
-            flags |= fault_flags::EXEC;
-        }
-        if p.pasid.is_some() {
-            flags |= fault_flags::PASID_VALID;
-        }
-        if p.last_in_group {
-            flags |= fault_flags::LAST_IN_GROUP;
-        }
+        .flags();
         HwFault {
             stream: StreamId::from(p.rid),
             pasid: p.pasid,
@@ -445,12 +398,8 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Hardware for VtdHardware<R, M,
         if prq.overflowed {
             lost = lost.saturating_add(1);
             // Requests were dropped; for the groups whose last request was among them
-            // the hardware answered already. Forget the open groups nothing waits on,
-            // and the others once their requests are answered.
-            self.groups.retain(|_, g| g.last_seen || g.outstanding > 0);
-            for g in self.groups.values_mut().filter(|g| !g.last_seen) {
-                g.orphaned = true;
-            }
+            // the hardware answered already.
+            self.groups.overflowed();
         }
         for f in faults {
             sink(f);
@@ -474,31 +423,14 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Hardware for VtdHardware<R, M,
             .filter(|&i| i <= MAX_GROUP_INDEX)
             .ok_or(Error::Invalid)?;
         let key = PageGroup { rid, pasid, index };
-        let g = self
-            .groups
-            .get_mut(&key)
-            .filter(|g| g.outstanding > 0)
-            .ok_or(Error::NotFound)?;
-        g.outstanding -= 1;
-        g.code = worse(
-            g.code,
-            match code {
-                PageResponseCode::Success => ResponseCode::Success,
-                PageResponseCode::Invalid => ResponseCode::InvalidRequest,
-                PageResponseCode::Failure => ResponseCode::Failure,
-            },
-        );
-        if g.outstanding > 0 {
+        let Some(code) = self.groups.answer(key, code)? else {
             return Ok(());
-        }
-        if !g.last_seen {
-            if g.orphaned {
-                self.groups.remove(&key);
-            }
-            return Ok(());
-        }
-        let code = g.code;
-        self.groups.remove(&key);
+        };
+        let code = match code {
+            PageResponseCode::Success => ResponseCode::Success,
+            PageResponseCode::Invalid => ResponseCode::InvalidRequest,
+            PageResponseCode::Failure => ResponseCode::Failure,
+        };
         self.vtd.page_group_response(key, code).map_err(map_error)
     }
 }
@@ -541,16 +473,6 @@ mod tests {
         assert_eq!(map_error(vtd::Error::PasidsAttached), Error::Busy);
         assert_eq!(map_error(vtd::Error::RequesterNotAttached), Error::NotFound);
         assert_eq!(map_detach_error(vtd::Error::NoSuchDomain), Error::NotFound);
-    }
-
-    #[test]
-    fn a_group_answer_is_the_worst_of_its_requests() {
-        use ResponseCode::{Failure, InvalidRequest, Success};
-        assert_eq!(worse(Success, Success), Success);
-        assert_eq!(worse(Success, InvalidRequest), InvalidRequest);
-        assert_eq!(worse(InvalidRequest, Success), InvalidRequest);
-        assert_eq!(worse(InvalidRequest, Failure), Failure);
-        assert_eq!(worse(Failure, Success), Failure);
     }
 
     #[test]

@@ -25,8 +25,8 @@
 //! - [`cmd`], [`queue`], [`cmdq`]: command encodings, queue index arithmetic, the command
 //!   queue driver with CMD_SYNC polling and command-error recovery.
 //! - [`tlbi`]: the invalidation planner (range TLBI with RIL, per page or per ASID without).
-//! - [`event`], [`evtq`]: event record decoding and the event queue reader with overflow
-//!   detection.
+//! - [`event`], [`priq`], [`evtq`]: event and PRI queue record decoding, and the output
+//!   queue readers (event queue, PRI queue) with overflow detection.
 //! - [`update`]: hitless STE/CD updates with documented sync counts.
 //! - [`smmu`]: [`Smmu`], tying it all together.
 //!
@@ -129,6 +129,7 @@ pub mod evtq;
 pub mod features;
 pub mod mem;
 pub mod pagetable;
+pub mod priq;
 pub mod queue;
 pub mod regs;
 pub mod smmu;

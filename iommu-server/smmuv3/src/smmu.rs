@@ -22,10 +22,11 @@ use crate::cmd::Command;
 use crate::cmdq::{CmdqStats, CommandQueue};
 use crate::error::{Error, Result, TimeoutKind, Unsupported};
 use crate::event::Event;
-use crate::evtq::{DrainReport, EventQueue};
+use crate::evtq::{DrainReport, EventQueue, PriQueue};
 use crate::features::{Features, TableEndian};
 use crate::mem::{DmaMemory, PhysAddr, Words};
 use crate::pagetable::{PageTable, Prot, Unmapped};
+use crate::priq::PriRecord;
 use crate::regs::{self, field_prep, poll_until, PollTimeout, RegisterIo};
 use crate::ste::{S1Dss, Stage1Ste, Ste, StreamConfig, WalkAttrs};
 use crate::strtab::{StreamTable, StreamTableFormat};
@@ -48,6 +49,9 @@ pub struct SmmuConfig {
     pub cmdq_log2: u8,
     /// log2 of the event queue entries (clamped to IDR1.EVENTQS).
     pub evtq_log2: u8,
+    /// log2 of the PRI queue entries (clamped to IDR1.PRIQS); used only on an SMMU with
+    /// IDR0.PRI. 0: no PRI queue (page requests are not taken).
+    pub priq_log2: u8,
     /// StreamID bits to cover (clamped to IDR1.SIDSIZE).
     pub sid_bits: u8,
     /// Stream table format.
@@ -72,6 +76,7 @@ impl Default for SmmuConfig {
         Self {
             cmdq_log2: 8,
             evtq_log2: 7,
+            priq_log2: 6,
             sid_bits: 16,
             strtab: StreamTableChoice::Auto,
             unassigned: Ste::abort(),
@@ -118,6 +123,8 @@ pub struct Smmu<R: RegisterIo, M: DmaMemory, T: PollTimeout> {
     strtab: StreamTable,
     cmdq: CommandQueue,
     evtq: EventQueue,
+    /// The PRI queue, on an SMMU with IDR0.PRI when configured.
+    priq: Option<PriQueue>,
     domains: Vec<Option<Domain>>,
     /// Per-stream CD tables, by StreamID (with substreams).
     stream_cds: BTreeMap<u32, StreamCds>,
@@ -209,10 +216,12 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
     ///    wait for IRQ_CTRLACK): this driver polls;
     /// 3. acknowledge stale global errors (GERRORN = GERROR);
     /// 4. program CR1 (write-back, inner-shareable tables and queues), CR2 (PTM,
-    ///    RECINVSID), the stream table and both queues;
+    ///    RECINVSID), the stream table and the queues (a PRI queue only with IDR0.PRI,
+    ///    IDR1.PRIQS > 0 and [`SmmuConfig::priq_log2`] > 0);
     /// 5. enable the command queue, issue CFGI_ALL, TLBI_NSNH_ALL (and TLBI_EL2_ALL with
     ///    IDR0.HYP) and CMD_SYNC;
-    /// 6. enable the event queue, then translation (SMMUEN), each acknowledged in CR0ACK.
+    /// 6. enable the event queue (and the PRI queue), then translation (SMMUEN), each
+    ///    acknowledged in CR0ACK.
     pub fn new(mut regs: R, mut mem: M, mut timeout: T, config: SmmuConfig) -> Result<Self> {
         let features = Features::probe(&mut regs);
         if !features.coherent {
@@ -267,6 +276,14 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
         let strtab = StreamTable::new(&mut mem, &features, fmt, sid_bits, config.unassigned)?;
         let mut cmdq = CommandQueue::new(&mut mem, config.cmdq_log2.min(features.cmdq_log2))?;
         let mut evtq = EventQueue::new(&mut mem, config.evtq_log2.min(features.eventq_log2))?;
+        let mut priq = if features.pri && features.priq_log2 > 0 && config.priq_log2 > 0 {
+            Some(PriQueue::new(
+                &mut mem,
+                config.priq_log2.min(features.priq_log2),
+            )?)
+        } else {
+            None
+        };
         let cr1 = field_prep(regs::CR1_QUEUE_IC, regs::CR1_CACHE_WB)
             | field_prep(regs::CR1_QUEUE_OC, regs::CR1_CACHE_WB)
             | field_prep(regs::CR1_QUEUE_SH, regs::SH_ISH)
@@ -279,6 +296,9 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
         regs.write32(regs::STRTAB_BASE_CFG, strtab.base_cfg_register());
         cmdq.program(&mut regs);
         evtq.program(&mut regs);
+        if let Some(q) = priq.as_mut() {
+            q.program(&mut regs);
+        }
 
         // 5. Command queue on; forget anything cached from before.
         regs.publish_barrier();
@@ -296,8 +316,10 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
         }
         cmdq.issue_and_sync(&mut regs, &mut timeout, &inval)?;
 
-        // 6. Event queue, then translation.
-        let on = regs::CR0_CMDQEN | regs::CR0_EVENTQEN;
+        // 6. Event queue (and PRI queue), then translation.
+        let on = regs::CR0_CMDQEN
+            | regs::CR0_EVENTQEN
+            | if priq.is_some() { regs::CR0_PRIQEN } else { 0 };
         regs.write32(regs::CR0, on);
         wait_ack(
             &mut regs,
@@ -324,6 +346,7 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
             strtab,
             cmdq,
             evtq,
+            priq,
             domains: Vec::new(),
             stream_cds: BTreeMap::new(),
             ssid_bits: if features.cd2l {
@@ -779,6 +802,30 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
             // again: acknowledge the error.
             self.regs
                 .write32(regs::GERRORN, gerrorn ^ regs::GERROR_EVENTQ_ABT_ERR);
+            report.write_aborted = true;
+        }
+        report
+    }
+
+    /// Whether page requests are taken: the SMMU has IDR0.PRI and its PRI queue is on.
+    pub fn pri_enabled(&self) -> bool {
+        self.priq.is_some()
+    }
+
+    /// Hand pending PRI queue records to `f` and acknowledge them, as
+    /// [`drain_events`](Self::drain_events) does for events (with GERROR.PRIQ_ABT_ERR).
+    /// Without a PRI queue, reports nothing.
+    pub fn drain_page_requests(&mut self, f: impl FnMut(PriRecord)) -> DrainReport {
+        let Some(q) = self.priq.as_mut() else {
+            return DrainReport::default();
+        };
+        let gerror = self.regs.read32(regs::GERROR);
+        let gerrorn = self.regs.read32(regs::GERRORN);
+        let aborted = (gerror ^ gerrorn) & regs::GERROR_PRIQ_ABT_ERR != 0;
+        let mut report = q.drain(&mut self.regs, f);
+        if aborted {
+            self.regs
+                .write32(regs::GERRORN, gerrorn ^ regs::GERROR_PRIQ_ABT_ERR);
             report.write_aborted = true;
         }
         report

@@ -30,6 +30,11 @@
 //!   invalidation observable: the model keeps translating with what it cached.
 //! - Faults are written as 32-byte event records (spec §7.3) into the event queue in
 //!   RAM, with EVENTQ_PROD advanced.
+//! - Beyond QEMU, with [`Config::with_pri`]: IDR0.PRI and a PRI queue (PRIQ_BASE,
+//!   PRIQ_PROD, PRIQ_CONS, CR0.PRIQEN). Page requests from devices
+//!   ([`Smmuv3::page_request`]) are written as 16-byte PRI queue records (spec chapter 8);
+//!   CMD_PRI_RESP is executed and its responses kept for tests
+//!   ([`Smmuv3::pri_responses`]). Without it the PRI registers behave as on QEMU.
 //!
 //! # Where QEMU 7.2 and the specification differ
 //! The model follows QEMU (the agreement test compares its records with QEMU's):
@@ -53,8 +58,8 @@
 //! - Any CFGI command naming a StreamID (CFGI_STE, CFGI_STE_RANGE, CFGI_CD, CFGI_CD_ALL)
 //!   drops everything cached for that stream: its STE and all its CDs.
 //! - Commands for features the model does not advertise (TLBI_EL2_*, TLBI_EL3_*,
-//!   TLBI_S12_VMALL, TLBI_S2_IPA, ATC_INV, PRI_RESP, RESUME, STALL_TERM) are accepted
-//!   and do nothing (spec chapter 4: CERROR_ILL). Reserved fields are not checked;
+//!   TLBI_S12_VMALL, TLBI_S2_IPA, ATC_INV, RESUME, STALL_TERM, and PRI_RESP without
+//!   [`Config::with_pri`]) are accepted and do nothing (spec chapter 4: CERROR_ILL). Reserved fields are not checked;
 //!   only SSec = 1 in a configuration invalidation is malformed (CERROR_ILL).
 //! - CMDQ_CONS.ERR keeps its value after the error was acknowledged (until software
 //!   writes CMDQ_CONS).
@@ -148,9 +153,23 @@ pub mod regs {
     pub const EVENTQ_IRQ_CFG1: usize = 0xb8;
     /// SMMU_EVENTQ_IRQ_CFG2 (§6.3.33).
     pub const EVENTQ_IRQ_CFG2: usize = 0xbc;
+    /// SMMU_PRIQ_BASE (§6.3.34, 64-bit).
+    pub const PRIQ_BASE: usize = 0xc0;
+    /// SMMU_PRIQ_PROD (§6.3.35), in page 1.
+    pub const PRIQ_PROD: usize = PAGE1 + 0xc8;
+    /// SMMU_PRIQ_CONS (§6.3.36), in page 1.
+    pub const PRIQ_CONS: usize = PAGE1 + 0xcc;
+    /// SMMU_PRIQ_IRQ_CFG0 (§6.3.37, 64-bit).
+    pub const PRIQ_IRQ_CFG0: usize = 0xd0;
+    /// SMMU_PRIQ_IRQ_CFG1 (§6.3.38).
+    pub const PRIQ_IRQ_CFG1: usize = 0xd8;
+    /// SMMU_PRIQ_IRQ_CFG2 (§6.3.39).
+    pub const PRIQ_IRQ_CFG2: usize = 0xdc;
 
     /// CR0.SMMUEN.
     pub const CR0_SMMUEN: u32 = 1 << 0;
+    /// CR0.PRIQEN.
+    pub const CR0_PRIQEN: u32 = 1 << 1;
     /// CR0.EVENTQEN.
     pub const CR0_EVENTQEN: u32 = 1 << 2;
     /// CR0.CMDQEN.
@@ -161,6 +180,10 @@ pub mod regs {
     pub const GERROR_CMDQ_ERR: u32 = 1 << 0;
     /// GERROR.EVENTQ_ABT_ERR.
     pub const GERROR_EVENTQ_ABT_ERR: u32 = 1 << 2;
+    /// GERROR.PRIQ_ABT_ERR.
+    pub const GERROR_PRIQ_ABT_ERR: u32 = 1 << 3;
+    /// *Q_PROD.OVFLG (bit 31).
+    pub const Q_OVFLG: u32 = 1 << 31;
     /// CMDQ_CONS.ERR `[30:24]`.
     pub const CMDQ_CONS_ERR_SHIFT: u32 = 24;
     /// CMDQ_CONS.ERR mask.
@@ -296,6 +319,10 @@ pub struct Config {
 
 /// IDR0.CD2L: two-level CD tables.
 const IDR0_CD2L: u32 = 1 << 19;
+/// IDR0.PRI: page request interface (a PRI queue).
+const IDR0_PRI: u32 = 1 << 16;
+/// IDR1.PRIQS `[15:11]`.
+const IDR1_PRIQS_SHIFT: u32 = 11;
 /// IDR1.SSIDSIZE `[10:6]`.
 const IDR1_SSIDSIZE_SHIFT: u32 = 6;
 /// IDR1.SIDSIZE `[5:0]`.
@@ -335,6 +362,16 @@ impl Config {
         self
     }
 
+    /// This configuration with a PRI queue of up to `2^log2` records (IDR0.PRI,
+    /// IDR1.PRIQS): page requests from devices ([`Smmuv3::page_request`]) and CMD_PRI_RESP
+    /// (what QEMU 7.2 lacks).
+    pub const fn with_pri(mut self, log2: u8) -> Self {
+        self.idr[0] |= IDR0_PRI;
+        self.idr[1] = (self.idr[1] & !(0x1f << IDR1_PRIQS_SHIFT))
+            | ((log2 as u32 & 0x1f) << IDR1_PRIQS_SHIFT);
+        self
+    }
+
     /// This configuration with the specification's Access flag and address size checks.
     pub const fn with_spec_checks(mut self) -> Self {
         self.access_flag_faults = true;
@@ -360,6 +397,14 @@ impl Config {
 
     fn eventq_log2(&self) -> u32 {
         (self.idr[1] >> IDR1_EVENTQS_SHIFT) & 0x1f
+    }
+
+    fn pri(&self) -> bool {
+        self.idr[0] & IDR0_PRI != 0
+    }
+
+    fn priq_log2(&self) -> u32 {
+        (self.idr[1] >> IDR1_PRIQS_SHIFT) & 0x1f
     }
 
     fn oas_bits(&self) -> u32 {
@@ -459,6 +504,41 @@ pub struct Stats {
     pub events: u64,
     /// Event records dropped because the queue was full or could not be written.
     pub events_lost: u64,
+    /// PRI queue records written.
+    pub page_requests: u64,
+    /// Page requests dropped because the PRI queue was full or could not be written.
+    pub page_requests_lost: u64,
+}
+
+/// A page request a device sends (PCIe PRI Page Request Message), as
+/// [`Smmuv3::page_request`] takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriRequest {
+    pub sid: u32,
+    pub ssid: Option<u32>,
+    /// Address of the page wanted.
+    pub addr: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub privileged: bool,
+    /// Last request of its group.
+    pub last: bool,
+    /// Page request group index (9 bits).
+    pub prg_index: u16,
+}
+
+/// A PRI response as the device receives it: from CMD_PRI_RESP, or from the model itself
+/// for a group whose last request it had to drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriResponse {
+    pub sid: u32,
+    pub ssid: Option<u32>,
+    pub prg_index: u16,
+    /// CMD_PRI_RESP.Resp: 0 Deny, 1 Fail, 2 Success.
+    pub resp: u8,
+    /// Sent by the model for a dropped last request, not by software.
+    pub from_hardware: bool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -653,6 +733,10 @@ struct Inner {
     sid_split: u32,
     cmdq: Queue,
     eventq: Queue,
+    /// The PRI queue (only with [`Config::with_pri`]).
+    priq: Queue,
+    /// PRI responses delivered to devices, in order.
+    pri_responses: Vec<PriResponse>,
     /// Registers stored but without behaviour (IRQ configuration).
     plain: HashMap<usize, u32>,
     configs: HashMap<u32, StreamEntry>,
@@ -704,6 +788,8 @@ impl Smmuv3 {
             sid_split: 0,
             cmdq: Queue::default(),
             eventq: Queue::default(),
+            priq: Queue::default(),
+            pri_responses: Vec::new(),
             plain: HashMap::new(),
             configs: HashMap::new(),
             tlb: HashMap::new(),
@@ -713,6 +799,8 @@ impl Smmuv3 {
         let (cq, eq) = (inner.cfg.cmdq_log2(), inner.cfg.eventq_log2());
         inner.cmdq.set_base(u64::from(cq), cq);
         inner.eventq.set_base(u64::from(eq), eq);
+        let pq = inner.cfg.priq_log2();
+        inner.priq.set_base(u64::from(pq), pq);
         Smmuv3 {
             inner: Arc::new(Mutex::new(inner)),
         }
@@ -742,6 +830,23 @@ impl Smmuv3 {
     /// Streams whose configuration is cached.
     pub fn cached_streams(&self) -> usize {
         self.lock().configs.len()
+    }
+
+    /// A page request from a device (PCIe PRI): written into the PRI queue as a 16-byte
+    /// record (spec chapter 8), with PRIQ_PROD advanced. Returns whether the SMMU took it:
+    /// not without PRI ([`Config::with_pri`]) or while CR0.PRIQEN = 0. A request that
+    /// does not fit in a full queue is dropped, PRIQ_PROD.OVFLG toggles (spec §7.4) and,
+    /// if it was the last of its group, the model answers the group itself with Success
+    /// (the device then retries its access); one that cannot be written raises
+    /// GERROR.PRIQ_ABT_ERR. The model does not look the StreamID up: routing it is
+    /// software's job.
+    pub fn page_request(&self, r: PriRequest) -> bool {
+        self.lock().page_request(r)
+    }
+
+    /// PRI responses delivered to devices so far, in order.
+    pub fn pri_responses(&self) -> Vec<PriResponse> {
+        self.lock().pri_responses.clone()
     }
 
     /// Translates one access of stream `sid` (with SubstreamID `ssid`, if the transaction
@@ -853,6 +958,10 @@ impl Inner {
             o if o == regs::EVENTQ_BASE + 4 => (self.eventq.base >> 32) as u32,
             o if o == regs::EVENTQ_PROD & !regs::PAGE1 => self.eventq.prod,
             o if o == regs::EVENTQ_CONS & !regs::PAGE1 => self.eventq.cons,
+            regs::PRIQ_BASE if self.cfg.pri() => self.priq.base as u32,
+            o if o == regs::PRIQ_BASE + 4 && self.cfg.pri() => (self.priq.base >> 32) as u32,
+            o if o == regs::PRIQ_PROD & !regs::PAGE1 && self.cfg.pri() => self.priq.prod,
+            o if o == regs::PRIQ_CONS & !regs::PAGE1 && self.cfg.pri() => self.priq.cons,
             _ => self.plain.get(&o).copied().unwrap_or(0),
         }
     }
@@ -917,6 +1026,22 @@ impl Inner {
             }
             o if o == regs::EVENTQ_PROD & !regs::PAGE1 => self.eventq.prod = value,
             o if o == regs::EVENTQ_CONS & !regs::PAGE1 => self.eventq.cons = value,
+            regs::PRIQ_BASE if self.cfg.pri() => {
+                let b = (self.priq.base & !0xffff_ffff) | u64::from(value);
+                self.priq.set_base(b, self.cfg.priq_log2());
+            }
+            o if o == regs::PRIQ_BASE + 4 && self.cfg.pri() => {
+                let b = (self.priq.base & 0xffff_ffff) | (u64::from(value) << 32);
+                self.priq.set_base(b, self.cfg.priq_log2());
+            }
+            o if o == regs::PRIQ_PROD & !regs::PAGE1 && self.cfg.pri() => self.priq.prod = value,
+            o if o == regs::PRIQ_CONS & !regs::PAGE1 && self.cfg.pri() => self.priq.cons = value,
+            regs::PRIQ_IRQ_CFG1 | regs::PRIQ_IRQ_CFG2 if self.cfg.pri() => {
+                self.plain.insert(o, value);
+            }
+            o if (o == regs::PRIQ_IRQ_CFG0 || o == regs::PRIQ_IRQ_CFG0 + 4) && self.cfg.pri() => {
+                self.plain.insert(o, value);
+            }
             // Identification, ACK and status registers are read-only; GERROR is written
             // by the SMMU only; GBPA is not implemented in QEMU 7.2: writes ignored.
             _ => {}
@@ -929,6 +1054,7 @@ impl Inner {
             regs::STRTAB_BASE => self.strtab_base,
             regs::CMDQ_BASE => self.cmdq.base,
             regs::EVENTQ_BASE => self.eventq.base,
+            regs::PRIQ_BASE if self.cfg.pri() => self.priq.base,
             regs::GERROR_IRQ_CFG0 | regs::EVENTQ_IRQ_CFG0 => {
                 let lo = self.plain.get(&o).copied().unwrap_or(0);
                 let hi = self.plain.get(&(o + 4)).copied().unwrap_or(0);
@@ -945,6 +1071,7 @@ impl Inner {
             regs::STRTAB_BASE => self.strtab_base = value,
             regs::CMDQ_BASE => self.cmdq.set_base(value, self.cfg.cmdq_log2()),
             regs::EVENTQ_BASE => self.eventq.set_base(value, self.cfg.eventq_log2()),
+            regs::PRIQ_BASE if self.cfg.pri() => self.priq.set_base(value, self.cfg.priq_log2()),
             regs::GERROR_IRQ_CFG0 | regs::EVENTQ_IRQ_CFG0 => {
                 self.plain.insert(o, value as u32);
                 self.plain.insert(o + 4, (value >> 32) as u32);
@@ -1061,6 +1188,22 @@ impl Inner {
                 self.tlbi_range(asid, w);
                 Ok(())
             }
+            op::PRI_RESP if self.cfg.pri() => {
+                // SSV (word 0 bit 11), SubstreamID [31:12]; PRGIndex [8:0] and Resp
+                // [13:12] of word 1 (spec §4.6); Resp = 0b11 is reserved.
+                let resp = bits(w[1], 13, 12) as u8;
+                if ssec || resp == 3 {
+                    return Err(cerror::ILL);
+                }
+                self.pri_responses.push(PriResponse {
+                    sid,
+                    ssid: (w[0] & (1 << 11) != 0).then(|| bits(w[0], 31, 12) as u32),
+                    prg_index: bits(w[1], 8, 0) as u16,
+                    resp,
+                    from_hardware: false,
+                });
+                Ok(())
+            }
             op::TLBI_EL3_ALL
             | op::TLBI_EL3_VA
             | op::TLBI_EL2_ALL
@@ -1164,6 +1307,51 @@ impl Inner {
         }
         self.eventq.prod = q.incr(q.prod);
         self.stats.events += 1;
+        true
+    }
+
+    fn page_request(&mut self, r: PriRequest) -> bool {
+        if !self.cfg.pri() || self.cr[0] & regs::CR0_PRIQEN == 0 {
+            return false;
+        }
+        let q = self.priq;
+        if q.full() {
+            self.stats.page_requests_lost += 1;
+            self.priq.prod ^= regs::Q_OVFLG;
+            if r.last {
+                self.pri_responses.push(PriResponse {
+                    sid: r.sid,
+                    ssid: r.ssid,
+                    prg_index: r.prg_index,
+                    resp: 2,
+                    from_hardware: true,
+                });
+            }
+            return true;
+        }
+        let flag = |b: bool, bit: u32| if b { 1u64 << bit } else { 0 };
+        // PRI queue record: StreamID [31:0], SubstreamID [51:32], PnU 58, InD 59, R 60,
+        // W 61, L 62, SSV 63; word 1: PRGIndex [8:0], Addr [63:12].
+        let w0 = u64::from(r.sid)
+            | r.ssid
+                .map_or(0, |s| (u64::from(s) & low_mask(20)) << 32 | 1 << 63)
+            | flag(r.privileged, 58)
+            | flag(r.exec, 59)
+            | flag(r.read, 60)
+            | flag(r.write, 61)
+            | flag(r.last, 62);
+        let w1 = (r.addr & !low_mask(12)) | (u64::from(r.prg_index) & low_mask(9));
+        let at = q.entry(q.prod, 16);
+        let ok = at.is_multiple_of(8)
+            && self.mem.write_u64(at, w0).is_ok()
+            && self.mem.write_u64(at + 8, w1).is_ok();
+        if !ok {
+            self.stats.page_requests_lost += 1;
+            self.raise_gerror(regs::GERROR_PRIQ_ABT_ERR);
+            return true;
+        }
+        self.priq.prod = q.incr(q.prod);
+        self.stats.page_requests += 1;
         true
     }
 

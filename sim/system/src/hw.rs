@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use iommu_adapters::smmuv3::SmmuHardware;
 use iommu_adapters::vtd::VtdHardware;
 use iommu_hwio::poll::PollBudget;
-use iommu_models::smmuv3::{Config as SmmuModelConfig, Smmuv3};
+use iommu_models::smmuv3::{self as smmu_models, Config as SmmuModelConfig, Smmuv3};
 use iommu_models::vtd::{self as vtd_model, VtdModel, VtdModelConfig};
 use iommu_server::{Hardware, HwDomain, HwFault, StreamId};
 use ipc_protocol::iommu::{DeviceInfo, PageResponseCode, Perm};
@@ -78,11 +78,12 @@ impl IommuUnit for VtdUnit {
     }
 }
 
-/// The SMMUv3 model (as QEMU 7.2 emulates it) as the machine's IOMMU. Its event
-/// interrupt is raised whenever the model wrote an event record.
+/// The SMMUv3 model as the machine's IOMMU. Its interrupt is raised whenever the model
+/// wrote an event record or took a page request.
 pub struct SmmuUnit {
     model: Smmuv3,
     events_seen: u64,
+    page_requests_seen: u64,
 }
 
 impl IommuUnit for SmmuUnit {
@@ -98,10 +99,26 @@ impl IommuUnit for SmmuUnit {
     }
 
     fn take_interrupt(&mut self) -> bool {
-        let events = self.model.stats().events;
-        let raised = events > self.events_seen;
-        self.events_seen = events;
+        let stats = self.model.stats();
+        let requests = stats.page_requests + stats.page_requests_lost;
+        let raised = stats.events > self.events_seen || requests > self.page_requests_seen;
+        self.events_seen = stats.events;
+        self.page_requests_seen = requests;
         raised
+    }
+
+    fn page_request(&mut self, stream: u32, r: PageRequest) -> bool {
+        self.model.page_request(smmu_models::PriRequest {
+            sid: stream,
+            ssid: r.pasid,
+            addr: r.address,
+            read: !r.write,
+            write: r.write,
+            exec: false,
+            privileged: false,
+            last: r.last,
+            prg_index: r.group,
+        })
     }
 }
 
@@ -117,14 +134,21 @@ pub fn machine_unit(kind: IommuKind, mem: Arc<PhysMem>) -> Arc<Mutex<dyn IommuUn
         IommuKind::Smmuv3 => Arc::new(Mutex::new(SmmuUnit {
             model: smmu_model(mem),
             events_seen: 0,
+            page_requests_seen: 0,
         })),
     }
 }
 
-/// The SMMUv3 of the simulated machine: QEMU 7.2's, plus what PASIDs need and QEMU lacks,
-/// 20 SubstreamID bits with two-level CD tables.
+/// The SMMUv3 of the simulated machine: QEMU 7.2's, plus what PASIDs and page requests
+/// need and QEMU lacks: 20 SubstreamID bits with two-level CD tables, and a PRI queue of
+/// up to 256 records.
 pub fn smmu_model(mem: Arc<PhysMem>) -> Smmuv3 {
-    Smmuv3::with_config(mem, SmmuModelConfig::QEMU_7_2.with_substreams(20, true))
+    Smmuv3::with_config(
+        mem,
+        SmmuModelConfig::QEMU_7_2
+            .with_substreams(20, true)
+            .with_pri(8),
+    )
 }
 
 /// How iommu-server's SMMUv3 driver is configured: StreamIDs up to 255 (a linear stream

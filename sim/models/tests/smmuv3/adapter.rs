@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use iommu_adapters::smmuv3::SmmuHardware;
-use iommu_models::smmuv3::{event as evt, Config, DmaError, Smmuv3};
+use iommu_adapters::smmuv3::{SmmuHardware, PRI_GROUP};
+use iommu_models::smmuv3::{event as evt, Config, DmaError, PriRequest, PriResponse, Smmuv3};
 use iommu_server::{Hardware, HwDomain, HwFault};
 use ipc_protocol::iommu::{IommuKind, PageResponseCode, Perm};
 use ipc_protocol::records::{fault_flags, FaultKind};
@@ -429,4 +429,183 @@ fn no_pasids_without_substreams() {
     let d = attached(&mut s, A, frames, 0x1000, Perm::RW);
     assert_eq!(s.hw.attach(A, Some(1), d), Err(Error::Unsupported));
     assert_eq!(s.hw.detach(A, Some(1)), Err(Error::NotFound));
+}
+
+fn pri_request(sid: u32, ssid: Option<u32>, addr: u64, prg_index: u16, last: bool) -> PriRequest {
+    PriRequest {
+        sid,
+        ssid,
+        addr,
+        read: true,
+        write: false,
+        exec: false,
+        privileged: false,
+        last,
+        prg_index,
+    }
+}
+
+#[test]
+fn pri_page_requests_are_delivered_and_answered_once_per_group() {
+    // QEMU 7.2 has no PRI: nothing is reported and the model refuses page requests.
+    let mut s = sys();
+    assert!(!s.hw.device_info(A).pri);
+    assert!(!s.model.page_request(pri_request(A, None, 0x5000, 1, true)));
+    assert_eq!(
+        s.hw.page_response(A, None, PRI_GROUP | 1, PageResponseCode::Success),
+        Err(Error::Unsupported)
+    );
+
+    let mut s = sys_on(
+        SmmuConfig {
+            max_ssid_bits: 20,
+            ..smmu_config()
+        },
+        Config::QEMU_7_2.with_substreams(20, true).with_pri(4),
+    );
+    assert!(s.hw.device_info(A).pri);
+    // A group of two requests with PASID 7, then a single-request group without PASID.
+    assert!(s
+        .model
+        .page_request(pri_request(A, Some(7), 0x3_0000, 5, false)));
+    assert!(s.model.page_request(PriRequest {
+        write: true,
+        ..pri_request(A, Some(7), 0x3_1000, 5, true)
+    }));
+    assert!(s
+        .model
+        .page_request(pri_request(B, None, 0x9000, 0x1ff, true)));
+    let (faults, lost) = s.faults();
+    assert_eq!(lost, 0);
+    let got: Vec<_> = faults
+        .iter()
+        .map(|f| (f.kind, f.stream, f.pasid, f.address, f.flags, f.group))
+        .collect();
+    let pasid = fault_flags::PASID_VALID;
+    assert_eq!(
+        got,
+        [
+            (
+                FaultKind::PageRequest,
+                A,
+                Some(7),
+                0x3_0000,
+                fault_flags::READ | pasid,
+                PRI_GROUP | 5
+            ),
+            (
+                FaultKind::PageRequest,
+                A,
+                Some(7),
+                0x3_1000,
+                pasid | fault_flags::LAST_IN_GROUP,
+                PRI_GROUP | 5
+            ),
+            (
+                FaultKind::PageRequest,
+                B,
+                None,
+                0x9000,
+                fault_flags::READ | fault_flags::LAST_IN_GROUP,
+                PRI_GROUP | 0x1ff
+            ),
+        ]
+    );
+    // Group 5 is answered once, after both of its requests, with the worse code.
+    let g5 = PRI_GROUP | 5;
+    assert_eq!(
+        s.hw.page_response(A, Some(7), g5, PageResponseCode::Success),
+        Ok(())
+    );
+    assert!(
+        s.model.pri_responses().is_empty(),
+        "one request still unanswered"
+    );
+    assert_eq!(
+        s.hw.page_response(A, Some(7), g5, PageResponseCode::Invalid),
+        Ok(())
+    );
+    assert_eq!(
+        s.hw.page_response(A, Some(7), g5, PageResponseCode::Success),
+        Err(Error::NotFound)
+    );
+    // Another stream's or PASID's group of the same index is not this one.
+    assert_eq!(
+        s.hw.page_response(B, Some(7), PRI_GROUP | 0x1ff, PageResponseCode::Success),
+        Err(Error::NotFound)
+    );
+    assert_eq!(
+        s.hw.page_response(B, None, PRI_GROUP | 0x200, PageResponseCode::Success),
+        Err(Error::Invalid),
+        "PRG indices have 9 bits"
+    );
+    assert_eq!(
+        s.hw.page_response(B, None, PRI_GROUP | 0x1ff, PageResponseCode::Failure),
+        Ok(())
+    );
+    let deny = 0;
+    let fail = 1;
+    assert_eq!(
+        s.model.pri_responses(),
+        [
+            PriResponse {
+                sid: A,
+                ssid: Some(7),
+                prg_index: 5,
+                resp: deny,
+                from_hardware: false
+            },
+            PriResponse {
+                sid: B,
+                ssid: None,
+                prg_index: 0x1ff,
+                resp: fail,
+                from_hardware: false
+            },
+        ]
+    );
+}
+
+#[test]
+fn pri_queue_overflow_is_counted_and_the_smmu_answers_dropped_groups() {
+    let mut s = sys_on(smmu_config(), Config::QEMU_7_2.with_pri(1));
+    // Two records fit; the third (the last of group 2) is dropped and answered by the
+    // SMMU itself, and PRIQ_PROD.OVFLG toggles.
+    assert!(s.model.page_request(pri_request(A, None, 0x1000, 1, true)));
+    assert!(s.model.page_request(pri_request(A, None, 0x2000, 2, false)));
+    assert!(s.model.page_request(pri_request(A, None, 0x3000, 2, true)));
+    assert_eq!(s.model.stats().page_requests_lost, 1);
+    let success = 2;
+    assert_eq!(
+        s.model.pri_responses(),
+        [PriResponse {
+            sid: A,
+            ssid: None,
+            prg_index: 2,
+            resp: success,
+            from_hardware: true
+        }]
+    );
+    let (faults, lost) = s.faults();
+    assert_eq!((faults.len(), lost), (2, 1), "{faults:?}");
+    // Group 1 is complete: answered. Group 2 lost its last request: answering what was
+    // delivered ends it without a second response.
+    assert_eq!(
+        s.hw.page_response(A, None, PRI_GROUP | 1, PageResponseCode::Success),
+        Ok(())
+    );
+    assert_eq!(
+        s.hw.page_response(A, None, PRI_GROUP | 2, PageResponseCode::Success),
+        Ok(())
+    );
+    assert_eq!(
+        s.hw.page_response(A, None, PRI_GROUP | 2, PageResponseCode::Success),
+        Err(Error::NotFound)
+    );
+    assert_eq!(s.model.pri_responses().len(), 2);
+    assert_eq!(s.model.pri_responses()[1].prg_index, 1);
+    // The queue has room again: no further loss is reported.
+    assert!(s.model.page_request(pri_request(A, None, 0x4000, 3, true)));
+    let (faults, lost) = s.faults();
+    assert_eq!((faults.len(), lost), (1, 0));
 }
