@@ -99,9 +99,10 @@
 //! substreams one CD per domain, with substreams a CD table per stream (linear, or
 //! two-level with CD2L) whose slots take domains by SubstreamID, so PASIDs attach through
 //! [`Smmu::attach_pasid`] (see [`smmu`]); stage-2 and nested STE encodings (checked
-//! against IDR0.S2P). Polling only: no interrupts or MSIs are configured, and no PRI
-//! queue is set up (PRI_RESP, RESUME and STALL_TERM are encoded for callers that handle
-//! those paths). The driver needs IDR0.COHACC (no cache maintenance is done) and refuses
+//! against IDR0.S2P). Polling only: no interrupts or MSIs are configured. On an SMMU
+//! with IDR0.PRI a PRI queue is set up ([`SmmuConfig::priq_log2`]) and read with
+//! [`Smmu::drain_page_requests`]; CMD_PRI_RESP, CMD_RESUME and CMD_STALL_TERM are encoded
+//! for callers that answer page requests and stalls. The driver needs IDR0.COHACC (no cache maintenance is done) and refuses
 //! non-coherent SMMUs.
 //!
 //! # What the QEMU 7.2 model lacks

@@ -274,7 +274,7 @@ fn domains_asids_and_errors() {
     assert_eq!(
         s.hw.page_response(A, None, 1, PageResponseCode::Success),
         Err(Error::Unsupported),
-        "QEMU's SMMU cannot stall and the driver has no PRI queue"
+        "QEMU's SMMU can neither stall nor take page requests"
     );
 }
 
