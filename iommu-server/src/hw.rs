@@ -85,6 +85,43 @@ pub trait Hardware {
     ) -> Result<(), Error>;
 }
 
+/// A boxed hardware (for example `Box<dyn Hardware>`) is hardware.
+impl<H: Hardware + ?Sized> Hardware for alloc::boxed::Box<H> {
+    fn device_info(&self, stream: StreamId) -> DeviceInfo {
+        (**self).device_info(stream)
+    }
+    fn domain_alloc(&mut self) -> Result<HwDomain, Error> {
+        (**self).domain_alloc()
+    }
+    fn domain_free(&mut self, domain: HwDomain) -> Result<(), Error> {
+        (**self).domain_free(domain)
+    }
+    fn map(&mut self, d: HwDomain, iova: u64, pa: u64, len: u64, perm: Perm) -> Result<(), Error> {
+        (**self).map(d, iova, pa, len, perm)
+    }
+    fn unmap(&mut self, domain: HwDomain, iova: u64, len: u64) -> Result<(), Error> {
+        (**self).unmap(domain, iova, len)
+    }
+    fn attach(&mut self, s: StreamId, p: Option<Pasid>, d: HwDomain) -> Result<(), Error> {
+        (**self).attach(s, p, d)
+    }
+    fn detach(&mut self, stream: StreamId, pasid: Option<Pasid>) -> Result<(), Error> {
+        (**self).detach(stream, pasid)
+    }
+    fn drain_faults(&mut self, sink: &mut dyn FnMut(HwFault)) -> u32 {
+        (**self).drain_faults(sink)
+    }
+    fn page_response(
+        &mut self,
+        s: StreamId,
+        p: Option<Pasid>,
+        group: u32,
+        code: PageResponseCode,
+    ) -> Result<(), Error> {
+        (**self).page_response(s, p, group, code)
+    }
+}
+
 /// What iommu-server asks of the PASID authority (pasid-server, reached over IPC; or an
 /// in-process instance in tests). `owner` is the client the PASID is charged to.
 pub trait PasidAuthority {

@@ -1122,6 +1122,15 @@ pub struct SimMmio {
     regs: Box<dyn RegisterIo + Send>,
 }
 
+impl SimMmio {
+    /// A register handle obtained outside the simulation (from a model the caller
+    /// holds), in the type a mapped register frame has: for code outside the simulation
+    /// that runs the same driver code as a process does (benchmarks).
+    pub fn outside(regs: Box<dyn RegisterIo + Send>) -> Self {
+        SimMmio { regs }
+    }
+}
+
 impl RegisterIo for SimMmio {
     fn read32(&mut self, offset: usize) -> u32 {
         self.regs.read32(offset)

@@ -15,20 +15,16 @@
 //! (`ratio`: server / driver). `vs core` (server / core lib) is what the encoding and the
 //! simulated kernel's IPC add to the same request handled in-process.
 //!
-//! The figures depend on where the build puts code, not only on the machine. One
-//! map+unmap pair through the server path runs about 25 KB of code (driver process,
-//! simulated kernel, protocol, core, driver library, model) against about 10 KB for the
-//! driver library alone. With a 32 KB, 8-way L1 instruction cache, a few cache sets then
-//! hold more of those lines than they have ways and miss on every pair (a cache
-//! simulation of one build counted about 45 instruction-cache misses per server pair,
-//! none per driver pair). A change elsewhere in the program moves code, and has moved
-//! single columns by up to 30 %. Loop alignment alone does as much: the same source built
-//! with every loop aligned to 64 bytes (`-C llvm-args=-align-loops=64`) ran the SMMUv3
-//! driver column for 256 contiguous pages in 0.34 µs instead of 0.39 µs while the server
-//! column stayed at 0.57 µs, which moved that ratio from about 1.45x to 1.68x. The
-//! server path's fixed cost per map+unmap pair (about 0.2 µs: two calls through the
-//! simulated kernel, the codec and the core's bookkeeping) is what the ratio measures
-//! against a driver pair of 0.34–0.40 µs.
+//! The `driver` and `core lib` columns call the driver through [`hw::server_hardware`]:
+//! the driver code instantiated once, in `sim-system`, and run by the server's process
+//! too, so all three columns execute the same machine code for page tables and
+//! invalidation. A separately compiled copy of that code (the driver instantiated in this
+//! benchmark) was measured 15 % faster than the server's copy in one build and slower in
+//! another, only by where the build placed its loops; with one copy the comparison no
+//! longer depends on that. The server path's fixed cost per map+unmap pair (about 0.2 µs:
+//! two calls through the simulated kernel, the codec and the core's bookkeeping) is what
+//! the ratio measures against a driver pair of about 0.36 µs (SMMUv3) and 0.55 µs (VT-d)
+//! for 256 contiguous pages.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -121,30 +117,26 @@ fn measure<const N: usize>(ops: &mut [Op<'_>; N]) -> [Figures; N] {
     figures
 }
 
+/// A fresh model of `kind` over its own RAM, and iommu-server's hardware for it (the
+/// same compiled driver code the server's process runs, see [`hw::server_hardware`]).
+fn fresh_hardware(kind: IommuKind) -> Box<dyn Hardware> {
+    let mem = PhysMem::new(0x4000_0000, 64 << 20);
+    let tables = SimDma::new(mem.clone(), 0x4000_0000, 16 << 20);
+    let regs: Box<dyn sim::machine::RegisterIo + Send> = match kind {
+        IommuKind::Smmuv3 => Box::new(hw::smmu_model(mem)),
+        IommuKind::Vtd => Box::new(iommu_models::vtd::VtdModel::new(
+            mem,
+            iommu_models::vtd::VtdModelConfig::full(),
+        )),
+    };
+    hw::server_hardware(kind, regs, tables).expect("driver")
+}
+
 /// The driver library through the hardware seam, called directly: one `map` of
 /// `pages` physically contiguous pages and one `unmap`, on the same model.
 fn direct(kind: IommuKind) -> Op<'static> {
-    let mem = PhysMem::new(0x4000_0000, 64 << 20);
-    let tables = SimDma::new(mem.clone(), 0x4000_0000, 16 << 20);
+    let mut hw = fresh_hardware(kind);
     let data = 0x4100_0000;
-    match kind {
-        IommuKind::Smmuv3 => {
-            let model = hw::smmu_model(mem.clone());
-            let hw = hw::smmu_hardware(model, tables).expect("SMMUv3 driver");
-            direct_on(hw, data)
-        }
-        IommuKind::Vtd => {
-            let model = iommu_models::vtd::VtdModel::new(
-                mem.clone(),
-                iommu_models::vtd::VtdModelConfig::full(),
-            );
-            let hw = hw::vtd_hardware(model, tables).expect("VT-d driver");
-            direct_on(hw, data)
-        }
-    }
-}
-
-fn direct_on<H: Hardware + 'static>(mut hw: H, data: u64) -> Op<'static> {
     let d = hw.domain_alloc().expect("domain");
     Box::new(move |layout| match layout {
         Layout::Contiguous(pages) => {
@@ -179,8 +171,6 @@ impl PasidAuthority for NoPasids {
 /// iommu-server's core as a library: the same requests handled in-process (capability
 /// check, bookkeeping, hardware), without encoding or IPC.
 fn core(kind: IommuKind) -> Op<'static> {
-    let mem = PhysMem::new(0x4000_0000, 64 << 20);
-    let tables = SimDma::new(mem.clone(), 0x4000_0000, 16 << 20);
     let config = Config {
         clients: vec![ClientConfig {
             id: 1,
@@ -191,21 +181,7 @@ fn core(kind: IommuKind) -> Op<'static> {
         iova_bits: sim_system::IOVA_BITS,
         max_fault_queue_depth: 16,
     };
-    match kind {
-        IommuKind::Smmuv3 => {
-            let model = hw::smmu_model(mem.clone());
-            let hw = hw::smmu_hardware(model, tables).expect("SMMUv3 driver");
-            core_on(IommuServer::new(config, hw, NoPasids).expect("server"))
-        }
-        IommuKind::Vtd => {
-            let model = iommu_models::vtd::VtdModel::new(
-                mem.clone(),
-                iommu_models::vtd::VtdModelConfig::full(),
-            );
-            let hw = hw::vtd_hardware(model, tables).expect("VT-d driver");
-            core_on(IommuServer::new(config, hw, NoPasids).expect("server"))
-        }
-    }
+    core_on(IommuServer::new(config, fresh_hardware(kind), NoPasids).expect("server"))
 }
 
 fn core_on<H: Hardware + 'static>(mut s: IommuServer<H, NoPasids>) -> Op<'static> {

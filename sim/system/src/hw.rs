@@ -14,7 +14,7 @@ use ipc_protocol::iommu::{DeviceInfo, PageResponseCode, Perm};
 use ipc_protocol::pasid::Pasid;
 use ipc_protocol::Error;
 use sim::machine::{Access, DmaRequest, IommuUnit, PageRequest, RegisterIo};
-use sim::{PhysMem, SimDma};
+use sim::{PhysMem, SimDma, SimMmio};
 use system_description::IommuKind;
 
 /// Polls of a hardware wait before the driver gives up (the models complete commands
@@ -203,6 +203,24 @@ impl<R: RegisterIo> SimHardware<R> {
             IommuKind::Smmuv3 => smmu_hardware(regs, mem).map(SimHardware::Smmuv3),
         }
     }
+}
+
+/// iommu-server's hardware for `kind` over `regs`, built as iommu-server builds its own
+/// ([`SimHardware`] over a [`SimMmio`] handle) and handed out as `dyn Hardware`: calls
+/// through it run the very machine code the server's process runs for page tables and
+/// invalidation (the driver is instantiated once, in this crate). Benchmarks compare the
+/// server path against it: a separately compiled copy of the same driver code can be
+/// faster or slower by where its loops land.
+pub fn server_hardware(
+    kind: IommuKind,
+    regs: Box<dyn RegisterIo + Send>,
+    mem: SimDma,
+) -> Result<Box<dyn Hardware>, String> {
+    Ok(Box::new(SimHardware::new(
+        kind,
+        SimMmio::outside(regs),
+        mem,
+    )?))
 }
 
 macro_rules! each {
