@@ -45,9 +45,9 @@ use smmuv3::cmd::{Command, PriResponse, ResumeAction};
 use smmuv3::event::{Event, StreamRef, TranslationFault};
 use smmuv3::features::StallModel;
 use smmuv3::priq::PriRecord;
+use smmuv3::{DmaMemory, DomainId, MemAttr, PollTimeout, Prot, RegisterIo, Smmu, SmmuConfig};
 
 use crate::groups::{OpenGroups, Requested};
-use smmuv3::{DmaMemory, DomainId, MemAttr, PollTimeout, Prot, RegisterIo, Smmu, SmmuConfig};
 
 /// Page sizes the driver's tables use: 4KB pages, 2MB and 1GB blocks.
 const PAGE_SIZES: u64 = (1 << 12) | (1 << 21) | (1 << 30);

@@ -22,7 +22,7 @@ use crate::cmd::Command;
 use crate::cmdq::{CmdqStats, CommandQueue};
 use crate::error::{Error, Result, TimeoutKind, Unsupported};
 use crate::event::Event;
-use crate::evtq::{DrainReport, EventQueue, PriQueue};
+use crate::evtq::{DrainReport, EventQueue, OutputQueue, PriQueue, QueueRecord};
 use crate::features::{Features, TableEndian};
 use crate::mem::{DmaMemory, PhysAddr, Words};
 use crate::pagetable::{PageTable, Prot, Unmapped};
@@ -206,6 +206,27 @@ fn wait_ack<R: RegisterIo, T: PollTimeout>(
     } else {
         Err(Error::Timeout(kind))
     }
+}
+
+/// Drains output queue `q` and reports its write abort error (`abort`, a GERROR bit) if it
+/// was active, acknowledging it once the queue has been drained: the records before the
+/// failed write were handed out and the queue has room again, so the next loss is
+/// reported again and command queue waits do not see it as a pending global error.
+fn drain_acknowledging<R: RegisterIo, Q: QueueRecord>(
+    regs: &mut R,
+    q: &mut OutputQueue<Q>,
+    abort: u32,
+    f: impl FnMut(Q),
+) -> DrainReport {
+    let gerror = regs.read32(regs::GERROR);
+    let gerrorn = regs.read32(regs::GERRORN);
+    let aborted = (gerror ^ gerrorn) & abort != 0;
+    let mut report = q.drain(regs, f);
+    if aborted {
+        regs.write32(regs::GERRORN, gerrorn ^ abort);
+        report.write_aborted = true;
+    }
+    report
 }
 
 impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
@@ -793,18 +814,12 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
     /// the next loss is reported again and command queue waits do not see it as a
     /// pending global error.
     pub fn drain_events(&mut self, f: impl FnMut(Event)) -> DrainReport {
-        let gerror = self.regs.read32(regs::GERROR);
-        let gerrorn = self.regs.read32(regs::GERRORN);
-        let aborted = (gerror ^ gerrorn) & regs::GERROR_EVENTQ_ABT_ERR != 0;
-        let mut report = self.evtq.drain(&mut self.regs, f);
-        if aborted {
-            // The records before the failed write were handed out and the queue has room
-            // again: acknowledge the error.
-            self.regs
-                .write32(regs::GERRORN, gerrorn ^ regs::GERROR_EVENTQ_ABT_ERR);
-            report.write_aborted = true;
-        }
-        report
+        drain_acknowledging(
+            &mut self.regs,
+            &mut self.evtq,
+            regs::GERROR_EVENTQ_ABT_ERR,
+            f,
+        )
     }
 
     /// Whether page requests are taken: the SMMU has IDR0.PRI and its PRI queue is on.
@@ -816,19 +831,10 @@ impl<R: RegisterIo, M: DmaMemory, T: PollTimeout> Smmu<R, M, T> {
     /// [`drain_events`](Self::drain_events) does for events (with GERROR.PRIQ_ABT_ERR).
     /// Without a PRI queue, reports nothing.
     pub fn drain_page_requests(&mut self, f: impl FnMut(PriRecord)) -> DrainReport {
-        let Some(q) = self.priq.as_mut() else {
-            return DrainReport::default();
-        };
-        let gerror = self.regs.read32(regs::GERROR);
-        let gerrorn = self.regs.read32(regs::GERRORN);
-        let aborted = (gerror ^ gerrorn) & regs::GERROR_PRIQ_ABT_ERR != 0;
-        let mut report = q.drain(&mut self.regs, f);
-        if aborted {
-            self.regs
-                .write32(regs::GERRORN, gerrorn ^ regs::GERROR_PRIQ_ABT_ERR);
-            report.write_aborted = true;
+        match self.priq.as_mut() {
+            Some(q) => drain_acknowledging(&mut self.regs, q, regs::GERROR_PRIQ_ABT_ERR, f),
+            None => DrainReport::default(),
         }
-        report
     }
 
     /// Active global errors (GERROR ^ GERRORN).
