@@ -1,5 +1,6 @@
 //! iommu-server's objects, authority checks and ordering rules.
 
+use alloc::collections::btree_map::Entry;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
@@ -124,6 +125,10 @@ pub struct IommuServer<H: Hardware, P: PasidAuthority> {
     devices: Vec<Device>,
     /// Badge -> (client index, device index for device capabilities).
     badges: HashMap<Badge, (u32, Option<u32>)>,
+    /// The last badge looked up and what it names: a client usually sends several
+    /// requests in a row. `badges` does not change after construction, so this never
+    /// goes stale.
+    last_badge: Option<(Badge, (u32, Option<u32>))>,
     streams: HashMap<StreamId, u32>,
     ioas: Vec<Option<Ioas>>,
     regions: Vec<Option<Region>>,
@@ -204,6 +209,7 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
             clients,
             devices,
             badges,
+            last_badge: None,
             streams,
             ioas: Vec::new(),
             regions: Vec::new(),
@@ -321,7 +327,14 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
 
     /// Handles one request from the caller with `badge`.
     pub fn handle(&mut self, badge: Badge, req: &IommuRequest) -> Result<IommuReply, Error> {
-        let (client, device_cap) = *self.badges.get(&badge).ok_or(Error::Denied)?;
+        let (client, device_cap) = match self.last_badge {
+            Some((b, held)) if b == badge => held,
+            _ => {
+                let held = *self.badges.get(&badge).ok_or(Error::Denied)?;
+                self.last_badge = Some((badge, held));
+                held
+            }
+        };
         match *req {
             IommuRequest::OpenDevice => {
                 let d = device_cap.ok_or(Error::Denied)?;
@@ -602,12 +615,16 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
 
     fn unmap(&mut self, client: u32, ioas: IoasId, iova: u64, len: u64) -> Result<u64, Error> {
         let i = self.owned_ioas(client, ioas)?;
-        let a = self.ioas[i as usize].as_ref().expect("owned");
+        let a = self.ioas[i as usize].as_mut().expect("owned");
         // The usual request names one mapping exactly: mappings are disjoint, so it is
-        // all the range holds.
-        if let Some(&m) = a.maps.get(&iova).filter(|m| m.len == len) {
-            self.unmap_one(i, iova, m)?;
-            return Ok(len);
+        // all the range holds. It is found and removed with one search of the tree.
+        if let Entry::Occupied(e) = a.maps.entry(iova) {
+            if e.get().len == len {
+                self.hw.unmap(a.domain, iova, len)?;
+                let m = e.remove();
+                self.unmapped(i, m);
+                return Ok(len);
+            }
         }
         let end = a.check_covered(iova, len)?;
         let mut total = 0;
@@ -631,13 +648,20 @@ impl<H: Hardware, P: PasidAuthority> IommuServer<H, P> {
         let a = self.ioas[i as usize].as_mut().expect("live IOAS");
         self.hw.unmap(a.domain, start, m.len)?;
         a.maps.remove(&start);
+        self.unmapped(i, m);
+        Ok(())
+    }
+
+    /// Accounts for mapping `m` of IOAS `i`, unmapped and invalidated and out of the
+    /// tree.
+    fn unmapped(&mut self, i: u32, m: Mapping) {
+        let a = self.ioas[i as usize].as_mut().expect("live IOAS");
         a.mapped_bytes -= m.len;
         let owner = a.owner;
         self.clients[owner as usize].mapped_bytes -= m.len;
         if let Some(r) = self.regions[m.region as usize].as_mut() {
             r.pins -= 1;
         }
-        Ok(())
     }
 
     fn destroy_ioas(&mut self, i: u32) -> Result<(), Error> {

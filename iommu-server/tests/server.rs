@@ -389,6 +389,38 @@ fn a_device_has_one_owner_and_only_capability_holders_open_it() {
 }
 
 #[test]
+fn each_request_is_judged_by_its_own_badge_whatever_came_before() {
+    let mut s = server();
+    let a_io = ioas(&mut s, A);
+    // The same badge again, then others in turn: the server remembers the last badge it
+    // looked up, and that must never carry over to a different one.
+    let b_io = ioas(&mut s, B);
+    for _ in 0..2 {
+        assert_eq!(
+            s.handle(0xdead, &IommuRequest::DestroyIoas { ioas: a_io }),
+            Err(Error::Denied)
+        );
+        assert_eq!(
+            s.handle(B, &IommuRequest::DestroyIoas { ioas: a_io }),
+            Err(Error::Denied)
+        );
+        // A device capability is its holder's too, but opens only its own device.
+        assert_eq!(
+            s.handle(A_DEV, &IommuRequest::DestroyIoas { ioas: b_io }),
+            Err(Error::Denied)
+        );
+        assert_eq!(s.handle(A, &IommuRequest::OpenDevice), Err(Error::Denied));
+    }
+    let dev = open(&mut s, A_DEV);
+    assert_eq!(
+        s.handle(B_DEV, &IommuRequest::QueryDevice { device: dev }),
+        Err(Error::Denied)
+    );
+    ok(&mut s, A, IommuRequest::DestroyIoas { ioas: a_io });
+    ok(&mut s, B, IommuRequest::DestroyIoas { ioas: b_io });
+}
+
+#[test]
 fn memory_granted_read_only_is_mapped_for_reading_only() {
     let mut s = server();
     let region = s

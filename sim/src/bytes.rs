@@ -2,6 +2,8 @@
 //! and for them a call into the C library's `memcpy` costs more than the copy: up to 64
 //! bytes are copied inline as two overlapping fixed-size loads and stores.
 
+use std::ptr::NonNull;
+
 /// Copies `src` into `dst`, which must have the same length (panics otherwise, as
 /// `copy_from_slice` does).
 #[inline(always)]
@@ -36,6 +38,41 @@ fn two<const W: usize>(dst: &mut [u8], src: &[u8]) {
     let tail: [u8; W] = src[n - W..].try_into().expect("at least W bytes");
     dst[..W].copy_from_slice(&head);
     dst[n - W..].copy_from_slice(&tail);
+}
+
+/// A receiver's own buffer, registered with the kernel for the one system call in which
+/// the receiver waits for a message (or a call's reply): the kernel copies the bytes
+/// straight into it, one copy from sender to receiver as between seL4 IPC buffers,
+/// instead of into the receiver's [`MsgBuf`] and out again.
+#[derive(Debug, Clone, Copy)]
+pub struct Landing {
+    ptr: NonNull<u8>,
+    cap: usize,
+}
+
+impl Landing {
+    /// The buffer `buf`. Its owner must not touch `buf` until the kernel has given the
+    /// registration up (see [`Landing::fill`]).
+    pub fn of(buf: &mut [u8]) -> Landing {
+        Landing {
+            cap: buf.len(),
+            ptr: NonNull::from(buf).cast(),
+        }
+    }
+
+    /// Copies as much of `bytes` as fits into the buffer.
+    ///
+    /// # Safety
+    /// The buffer this landing was made from is alive, and nothing else reads or writes
+    /// it during the call.
+    #[inline(always)]
+    pub unsafe fn fill(self, bytes: &[u8]) {
+        let n = bytes.len().min(self.cap);
+        // SAFETY: `ptr` and `cap` describe a live `&mut [u8]` no one else uses now (the
+        // caller's contract), and `n <= cap`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), n) };
+        copy(dst, &bytes[..n]);
+    }
 }
 
 /// A process's message buffer: the bytes of the last message or reply delivered to it.
@@ -117,6 +154,23 @@ mod tests {
         let mut other = MsgBuf::default();
         other.set(buf.as_slice());
         assert_eq!(other, buf, "equal by the message alone");
+    }
+
+    #[test]
+    fn a_landing_takes_as_much_as_fits() {
+        let mut buf = [0u8; 8];
+        let l = Landing::of(&mut buf);
+        // SAFETY: `buf` is alive and not used until the fills are done.
+        unsafe { l.fill(b"abc") };
+        assert_eq!(&buf, b"abc\0\0\0\0\0");
+        let l = Landing::of(&mut buf);
+        // SAFETY: as above.
+        unsafe { l.fill(b"0123456789") };
+        assert_eq!(&buf, b"01234567");
+        let l = Landing::of(&mut buf[..0]);
+        // SAFETY: as above (an empty buffer takes nothing).
+        unsafe { l.fill(b"x") };
+        assert_eq!(&buf, b"01234567");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use sim_physmem::{PhysMem, RangeAllocator, FRAME};
 
-use crate::bytes::MsgBuf;
+use crate::bytes::{Landing, MsgBuf};
 use crate::cap::{CPtr, Cap, CapInfo, Obj, ObjKind, Pid, Rights, SysError};
 use crate::machine::{
     Access, DeviceDesc, DmaDirection, DmaFault, DmaJob, DmaRequest, IommuUnit, JobStatus,
@@ -318,8 +318,14 @@ pub(crate) struct ProcObj {
     /// The slots of the capabilities the message or reply in `inbox` brought (installed
     /// in its capability space); taken with the inbox, so empty while none is waiting.
     caps_in: Vec<CPtr>,
-    /// The bytes of the last message or reply delivered to it (its IPC buffer).
+    /// The bytes of the last message or reply delivered to it (its IPC buffer), unless
+    /// they went to `landing`.
     pub msg: MsgBuf,
+    /// Its own buffer for the message or reply it waits for now, registered for the
+    /// duration of that system call (see [`Kernel::set_landing`]).
+    landing: Option<Landing>,
+    /// The length of the message put in `landing` (`None`: none was, look in `msg`).
+    landed: Option<usize>,
     reply_to: Option<Pid>,
     bound: Option<u32>,
     fault: Option<(u32, u64)>,
@@ -597,6 +603,8 @@ impl Kernel {
             entries: 0,
             inbox: None,
             msg: MsgBuf::default(),
+            landing: None,
+            landed: None,
             caps_in: Vec::new(),
             reply_to: None,
             bound: None,
@@ -903,6 +911,8 @@ impl Kernel {
         let p = &mut self.procs[pid as usize];
         p.reply_to = None;
         p.inbox = None;
+        p.landing = None;
+        p.landed = None;
         p.caps_in.clear();
         if let Some(n) = p.bound.take() {
             self.ntfns[n as usize].bound = None;
@@ -1071,12 +1081,48 @@ impl Kernel {
             return Ok(());
         }
         let slots = self.install_all(caller, caps);
+        self.put_message(caller, bytes);
         let c = &mut self.procs[caller as usize];
-        c.msg.set(bytes);
         c.inbox = Some(Inbox::Reply);
         c.caps_in = slots;
         self.set_state(caller, PState::Ready);
         Ok(())
+    }
+
+    /// Registers `pid`'s own buffer for the message or reply it is about to wait for in
+    /// the system call it is in now. The registration ends with [`Kernel::take_landed`]
+    /// in the same system call, or when `pid` is killed.
+    #[inline(always)]
+    pub fn set_landing(&mut self, pid: Pid, landing: Landing) {
+        self.procs[pid as usize].landing = Some(landing);
+    }
+
+    /// Ends `pid`'s registration of its buffer; returns the length of the message put
+    /// there, if one was (else the message, if any, is in its message buffer).
+    #[inline(always)]
+    pub fn take_landed(&mut self, pid: Pid) -> Option<usize> {
+        let p = &mut self.procs[pid as usize];
+        p.landing = None;
+        p.landed.take()
+    }
+
+    /// Gives `bytes` to `to`, which waits for them: into its registered buffer if it has
+    /// one, else into its message buffer.
+    #[inline(always)]
+    fn put_message(&mut self, to: Pid, bytes: &[u8]) {
+        let p = &mut self.procs[to as usize];
+        match p.landing {
+            Some(landing) => {
+                // SAFETY: `to` registered this buffer (a `&mut [u8]` it holds) for the
+                // system call it is in now and does not touch it until it takes the
+                // registration back in that call (`take_landed`, after it runs again);
+                // a kill drops the registration first. Messages are only given to a
+                // process waiting in such a call, so the buffer is alive and unused.
+                unsafe { landing.fill(bytes) };
+                p.landed = Some(bytes.len());
+            }
+            None => p.msg.set(bytes),
+        }
     }
 
     /// The call fastpath (as seL4's): a call without capabilities through an endpoint
@@ -1103,9 +1149,9 @@ impl Kernel {
         let Some(r) = e.receivers.pop_front() else {
             return false;
         };
+        self.put_message(r, bytes);
         let rp = &mut self.procs[r as usize];
         debug_assert_eq!(rp.state, PState::Blocked(Wait::Receive(ep)));
-        rp.msg.set(bytes);
         rp.inbox = Some(Inbox::Message {
             badge,
             kind: RecvKind::Call,
@@ -1144,8 +1190,8 @@ impl Kernel {
         {
             return false;
         }
+        self.put_message(caller, bytes);
         let c = &mut self.procs[caller as usize];
-        c.msg.set(bytes);
         c.inbox = Some(Inbox::Reply);
         c.state = PState::Ready;
         self.ready.set(caller, true);
@@ -1213,8 +1259,8 @@ impl Kernel {
     ) {
         let slots = self.install_all(r, caps);
         let kind = if call { RecvKind::Call } else { RecvKind::Send };
+        self.put_message(r, bytes);
         let rp = &mut self.procs[r as usize];
-        rp.msg.set(bytes);
         rp.inbox = Some(Inbox::Message { badge, kind });
         rp.caps_in = slots;
         rp.reply_to = if call { from } else { None };
@@ -2003,6 +2049,52 @@ mod tests {
         assert_eq!(after_reply.procs[0].2, b"reply");
         assert_eq!(after_reply.procs[1].0, PState::Blocked(Wait::Receive(0)));
         assert_eq!(after_reply.receivers, vec![vec![1]]);
+    }
+
+    #[test]
+    fn registered_buffers_get_the_same_bytes_on_the_fastpaths_and_the_general_path() {
+        let mut fast = client_and_waiting_server(Injection::default());
+        let mut general = client_and_waiting_server(Injection::default());
+        let (mut fast_req, mut general_req) = ([0u8; 4], [0u8; 4]);
+        let (mut fast_reply, mut general_reply) = ([0u8; 16], [0u8; 16]);
+        fast.set_landing(1, Landing::of(&mut fast_req));
+        general.set_landing(1, Landing::of(&mut general_req));
+        fast.set_landing(0, Landing::of(&mut fast_reply));
+        general.set_landing(0, Landing::of(&mut general_reply));
+
+        assert!(fast.call_fast(0, 1, b"request"));
+        assert_eq!(general.send(0, 1, b"request", &[], true, true), Ok(true));
+        assert_eq!(ipc_state(&fast), ipc_state(&general));
+        // The request went to the server's buffer (as much as fits), not to its message
+        // buffer; the length is the whole request's.
+        assert!(ipc_state(&fast).procs[1].2.is_empty());
+        assert_eq!(fast.take_landed(1), Some(7));
+        assert_eq!(general.take_landed(1), Some(7));
+        assert_eq!((&fast_req, &general_req), (b"requ", b"requ"));
+
+        assert!(fast.reply_recv_fast(1, 1, b"reply"));
+        general.reply(1, b"reply", &[]).unwrap();
+        assert_eq!(general.recv(1, 1), Ok(false));
+        assert_eq!(ipc_state(&fast), ipc_state(&general));
+        assert_eq!(fast.take_landed(0), Some(5));
+        assert_eq!(general.take_landed(0), Some(5));
+        assert_eq!(&fast_reply[..5], b"reply");
+        assert_eq!(fast_reply, general_reply);
+        // Taken back: the next message goes to the message buffer.
+        assert_eq!(fast.take_landed(0), None);
+        assert!(fast.call_fast(0, 1, b"again"));
+        assert_eq!(ipc_state(&fast).procs[1].2, b"again");
+        assert_eq!(fast.take_landed(1), None);
+    }
+
+    #[test]
+    fn a_kill_drops_a_registered_buffer() {
+        let mut k = client_and_waiting_server(Injection::default());
+        let mut buf = [0u8; 8];
+        k.set_landing(1, Landing::of(&mut buf));
+        k.kill(1, Exit::Killed { step: k.step });
+        assert!(k.procs[1].landing.is_none());
+        assert_eq!(k.take_landed(1), None);
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //!   `call` and `reply_recv` without capabilities take a fastpath when the other side
 //!   already waits and nothing is queued or delayed; it leaves the kernel exactly as
 //!   the general path would (same states, same trace, same scheduling decisions).
+//!   A receive or call made with a buffer for the answer (`recv_into`, `reply_recv_into`,
+//!   `call_into`) registers that buffer with the kernel for the duration of the call, and
+//!   the message is copied straight into it: one copy from sender to receiver, as
+//!   between seL4 IPC buffers, rather than into a kernel-side buffer and out again.
 //!   The functions from a call or receive down to the coroutine switch are inlined into
 //!   one another (`#[inline(always)]`): after a switch, each return into a caller's frame
 //!   runs against a return-address predictor filled by the other process's calls and
@@ -79,6 +83,7 @@ pub use kernel::{
 pub use rng::SplitMix64;
 pub use sim_physmem::{PhysMem, SimDma, FRAME};
 
+use bytes::Landing;
 use cap::Obj;
 use kernel::{Create, Inbox, Kernel, Next, PState};
 use machine::{DeviceDesc, DmaJob, IommuUnit, JobStatus, RegisterIo};
@@ -133,6 +138,10 @@ type Process = Coroutine<(), Next, Next, DefaultStack>;
 
 /// The yielder of a process's coroutine: the way back to whoever resumed it.
 type ProcYielder = Yielder<(), Next>;
+
+/// How a call's kernel entry returns: with the kernel, the reply's capabilities and, if
+/// the reply went to the caller's registered buffer, its length.
+type Answered<'a> = (RefMut<'a, Kernel>, Vec<CPtr>, Option<usize>);
 
 /// The coroutine executing now.
 #[derive(Clone, Copy)]
@@ -735,32 +744,38 @@ impl Ctx {
 
     /// Sends `msg` (and `caps`, which needs the grant right) and waits for the reply.
     pub fn call(&self, ep: CPtr, msg: &[u8], caps: &[CPtr]) -> Result<Reply, SysError> {
-        let (k, caps) = self.call_entry(ep, msg, caps)?;
+        let (k, caps, _) = self.call_entry(ep, msg, caps, None)?;
         Ok(Reply {
             bytes: k.procs[self.pid as usize].msg.as_slice().to_vec(),
             caps,
         })
     }
 
-    /// The kernel entry of a call; returns with the reply's capabilities (its bytes are
-    /// in the message buffer).
+    /// The kernel entry of a call; returns with the reply's capabilities and, if the
+    /// reply's bytes went to `landing`, their length (else they are in the message
+    /// buffer).
     #[inline(always)]
     fn call_entry(
         &self,
         ep: CPtr,
         msg: &[u8],
         caps: &[CPtr],
-    ) -> Result<(RefMut<'_, Kernel>, Vec<CPtr>), SysError> {
+        landing: Option<Landing>,
+    ) -> Result<Answered<'_>, SysError> {
         let mut k = self.enter(Syscall::Call)?;
+        if let Some(l) = landing {
+            k.set_landing(self.pid, l);
+        }
         let r = if caps.is_empty() && k.call_fast(self.pid, ep, msg) {
             Ok(true)
         } else {
             k.send(self.pid, ep, msg, caps, true, true)
         };
         let mut k = self.leave(k);
+        let landed = k.take_landed(self.pid);
         r?;
         match self.inbox(&mut k) {
-            (Inbox::Reply, caps) => Ok((k, caps)),
+            (Inbox::Reply, caps) => Ok((k, caps, landed)),
             _ => unreachable!("a caller is woken by a reply"),
         }
     }
@@ -775,8 +790,12 @@ impl Ctx {
         caps: &[CPtr],
         reply: &mut [u8],
     ) -> Result<(usize, Vec<CPtr>), SysError> {
-        let (k, caps) = self.call_entry(ep, msg, caps)?;
-        Ok((self.copy_msg(&k, reply), caps))
+        let (k, caps, landed) = self.call_entry(ep, msg, caps, Some(Landing::of(reply)))?;
+        let len = match landed {
+            Some(len) => len,
+            None => self.copy_msg(&k, reply),
+        };
+        Ok((len, caps))
     }
 
     /// Sends `msg` and waits until a receiver took it.
@@ -793,13 +812,23 @@ impl Ctx {
         })
     }
 
-    /// What a receive returned with; the bytes copied into `out`.
-    fn received_into(&self, mut k: RefMut<'_, Kernel>, out: &mut [u8]) -> ReceivedInto {
+    /// What a receive returned with; the bytes copied into `out` (already there if
+    /// `landed` says how many went there).
+    #[inline(always)]
+    fn received_into(
+        &self,
+        mut k: RefMut<'_, Kernel>,
+        out: &mut [u8],
+        landed: Option<usize>,
+    ) -> ReceivedInto {
         match self.inbox(&mut k) {
             (Inbox::Message { badge, kind }, caps) => ReceivedInto {
                 badge,
                 kind,
-                len: self.copy_msg(&k, out),
+                len: match landed {
+                    Some(len) => len,
+                    None => self.copy_msg(&k, out),
+                },
                 caps,
             },
             (Inbox::Signal(word), _) => ReceivedInto {
@@ -814,7 +843,7 @@ impl Ctx {
 
     fn received(&self, k: RefMut<'_, Kernel>) -> Received {
         let mut bytes = vec![0; k.procs[self.pid as usize].msg.len()];
-        let r = self.received_into(k, &mut bytes);
+        let r = self.received_into(k, &mut bytes, None);
         bytes.truncate(r.len);
         Received {
             badge: r.badge,
@@ -826,23 +855,32 @@ impl Ctx {
 
     /// Waits for a message on `ep` (or a signal of the bound notification).
     pub fn recv(&self, ep: CPtr) -> Result<Received, SysError> {
-        let k = self.recv_entry(ep)?;
+        let (k, _) = self.recv_entry(ep, None)?;
         Ok(self.received(k))
     }
 
     /// [`Ctx::recv`] with the message copied into `out` (as much as fits).
     pub fn recv_into(&self, ep: CPtr, out: &mut [u8]) -> Result<ReceivedInto, SysError> {
-        let k = self.recv_entry(ep)?;
-        Ok(self.received_into(k, out))
+        let (k, landed) = self.recv_entry(ep, Some(Landing::of(out)))?;
+        Ok(self.received_into(k, out, landed))
     }
 
-    /// The kernel entry of a receive; returns once something arrived.
-    fn recv_entry(&self, ep: CPtr) -> Result<RefMut<'_, Kernel>, SysError> {
+    /// The kernel entry of a receive; returns once something arrived, with the length
+    /// of the message put in `landing`, if one was.
+    fn recv_entry(
+        &self,
+        ep: CPtr,
+        landing: Option<Landing>,
+    ) -> Result<(RefMut<'_, Kernel>, Option<usize>), SysError> {
         let mut k = self.enter(Syscall::Recv)?;
+        if let Some(l) = landing {
+            k.set_landing(self.pid, l);
+        }
         let r = k.recv(self.pid, ep);
-        let k = self.leave(k);
+        let mut k = self.leave(k);
+        let landed = k.take_landed(self.pid);
         r?;
-        Ok(k)
+        Ok((k, landed))
     }
 
     /// Replies to the last call received (dropped if the caller is gone).
@@ -857,22 +895,27 @@ impl Ctx {
         ep: CPtr,
         msg: &[u8],
         caps: &[CPtr],
-    ) -> Result<RefMut<'_, Kernel>, SysError> {
+        landing: Option<Landing>,
+    ) -> Result<(RefMut<'_, Kernel>, Option<usize>), SysError> {
         let mut k = self.enter(Syscall::ReplyRecv)?;
+        if let Some(l) = landing {
+            k.set_landing(self.pid, l);
+        }
         let r = if caps.is_empty() && k.reply_recv_fast(self.pid, ep, msg) {
             Ok(false)
         } else {
             k.reply(self.pid, msg, caps)
                 .and_then(|_| k.recv(self.pid, ep))
         };
-        let k = self.leave(k);
+        let mut k = self.leave(k);
+        let landed = k.take_landed(self.pid);
         r?;
-        Ok(k)
+        Ok((k, landed))
     }
 
     /// Replies, then waits for the next message, in one kernel entry.
     pub fn reply_recv(&self, ep: CPtr, msg: &[u8], caps: &[CPtr]) -> Result<Received, SysError> {
-        let k = self.reply_recv_entry(ep, msg, caps)?;
+        let (k, _) = self.reply_recv_entry(ep, msg, caps, None)?;
         Ok(self.received(k))
     }
 
@@ -885,8 +928,8 @@ impl Ctx {
         caps: &[CPtr],
         out: &mut [u8],
     ) -> Result<ReceivedInto, SysError> {
-        let k = self.reply_recv_entry(ep, msg, caps)?;
-        Ok(self.received_into(k, out))
+        let (k, landed) = self.reply_recv_entry(ep, msg, caps, Some(Landing::of(out)))?;
+        Ok(self.received_into(k, out, landed))
     }
 
     pub fn signal(&self, ntfn: CPtr) -> Result<(), SysError> {
