@@ -405,43 +405,65 @@ impl PidQueue {
 }
 
 /// A set of pids, as a bit set: the ready processes, which the scheduler counts and picks
-/// from at every kernel entry.
+/// from at every kernel entry. Pids below 64 (every system this repository describes)
+/// live in one word kept inline, so the common updates touch no heap memory.
 #[derive(Debug, Default)]
 struct PidSet {
-    words: Vec<u64>,
+    /// Pids 0..64.
+    low: u64,
+    /// Pids from 64 on, 64 to a word.
+    high: Vec<u64>,
 }
 
 impl PidSet {
     #[inline(always)]
     fn set(&mut self, pid: Pid, member: bool) {
-        let (w, bit) = ((pid / 64) as usize, 1u64 << (pid % 64));
-        match self.words.get_mut(w) {
-            Some(word) if member => *word |= bit,
-            Some(word) => *word &= !bit,
-            None if member => self.grow(w, bit),
-            None => {}
+        if pid < 64 {
+            let bit = 1u64 << pid;
+            if member {
+                self.low |= bit;
+            } else {
+                self.low &= !bit;
+            }
+        } else {
+            self.set_high(pid - 64, member);
         }
     }
 
     #[cold]
-    fn grow(&mut self, w: usize, bit: u64) {
-        self.words.resize(w + 1, 0);
-        self.words[w] = bit;
+    fn set_high(&mut self, pid: Pid, member: bool) {
+        let (w, bit) = ((pid / 64) as usize, 1u64 << (pid % 64));
+        if w >= self.high.len() {
+            if !member {
+                return;
+            }
+            self.high.resize(w + 1, 0);
+        }
+        if member {
+            self.high[w] |= bit;
+        } else {
+            self.high[w] &= !bit;
+        }
+    }
+
+    /// The members' words in pid order, 64 pids each.
+    fn words(&self) -> impl Iterator<Item = u64> + '_ {
+        core::iter::once(self.low).chain(self.high.iter().copied())
     }
 
     fn len(&self) -> u32 {
-        self.words.iter().map(|w| w.count_ones()).sum()
+        self.words().map(u64::count_ones).sum()
     }
 
     /// The only member, if the set has exactly one.
     #[inline(always)]
     fn single(&self) -> Option<Pid> {
-        if let [w] = self.words[..] {
-            // Up to 64 processes: one word.
+        let w = self.low;
+        if self.high.is_empty() {
             return (w != 0 && w & (w - 1) == 0).then(|| w.trailing_zeros());
         }
         let mut found = None;
-        for (i, &w) in self.words.iter().enumerate() {
+        for (i, w) in self.words().enumerate() {
             if w == 0 {
                 continue;
             }
@@ -455,7 +477,7 @@ impl PidSet {
 
     /// The `k`-th member in pid order (`k < len`).
     fn nth(&self, mut k: u32) -> Pid {
-        for (i, &w) in self.words.iter().enumerate() {
+        for (i, w) in self.words().enumerate() {
             let mut w = w;
             while w != 0 {
                 if k == 0 {
@@ -614,11 +636,6 @@ impl Kernel {
             mapped: Vec::new(),
         });
         self.procs.len() as u32 - 1
-    }
-
-    /// A process's state.
-    pub fn state(&self, pid: Pid) -> &PState {
-        &self.procs[pid as usize].state
     }
 
     /// Sets a process's state, keeping the ready list and the dying count.
@@ -798,21 +815,26 @@ impl Kernel {
     // ----- entering the kernel, dying -----
 
     /// Counts a kernel entry of `pid` (a step) and fires the kill points it reaches.
-    /// Returns whether any kill points were set (only then may `pid` be dying now).
-    #[inline]
-    pub fn enter(&mut self, pid: Pid, call: Syscall) -> bool {
-        let kill_points = !self.inject.kills.is_empty();
+    /// Returns whether `pid` was killed by one of them; a process that is not ready (it
+    /// is dying and unwinds) gets no entry: [`SysError::IllegalOperation`].
+    #[inline(always)]
+    pub fn enter(&mut self, pid: Pid, call: Syscall) -> Result<bool, SysError> {
+        let p = &mut self.procs[pid as usize];
+        if p.state != PState::Ready {
+            return Err(SysError::IllegalOperation);
+        }
+        p.entries += 1;
         self.tick();
-        self.procs[pid as usize].entries += 1;
         self.record(Event::Syscall {
             step: self.step,
             pid,
             call,
         });
-        if kill_points {
-            self.fire_entry_kills(pid);
+        if self.inject.kills.is_empty() {
+            return Ok(false);
         }
-        kill_points
+        self.fire_entry_kills(pid);
+        Ok(self.is_dying(pid))
     }
 
     /// Fires the kill point at the current entry of `pid`, if there is one.
@@ -880,8 +902,10 @@ impl Kernel {
         }
     }
 
+    #[inline(always)]
     pub fn is_dying(&self, pid: Pid) -> bool {
-        matches!(self.procs[pid as usize].state, PState::Dying)
+        // The count first: it is kept with every state change and is usually zero.
+        self.dying != 0 && matches!(self.procs[pid as usize].state, PState::Dying)
     }
 
     /// Ends a process: it leaves every queue, its capabilities are deleted (frames whose

@@ -133,11 +133,12 @@ struct Killed;
 /// A process's coroutine. Resumed by the run loop (or by a process acting for it, see
 /// [`Shared::hand_over`]), it suspends at a scheduling point that picked another process,
 /// and returns when its program ended, each time handing back the scheduler's choice of
-/// who runs next.
-type Process = Coroutine<(), Next, Next, DefaultStack>;
+/// who runs next. It is resumed with whether a process resumes it (see
+/// [`Running::nested`]).
+type Process = Coroutine<bool, Next, Next, DefaultStack>;
 
 /// The yielder of a process's coroutine: the way back to whoever resumed it.
-type ProcYielder = Yielder<(), Next>;
+type ProcYielder = Yielder<bool, Next>;
 
 /// How a call's kernel entry returns: with the kernel, the reply's capabilities and, if
 /// the reply went to the caller's registered buffer, its length.
@@ -162,9 +163,6 @@ struct Shared {
     /// starts and whenever it is resumed, on its own stack; whoever resumed it resets it
     /// as soon as the coroutine stops. So it names the coroutine executing now, if any.
     running: Cell<Option<Running>>,
-    /// Whether the coroutine being resumed now is resumed by a process (see
-    /// [`Running::nested`]); read by the coroutine when it gets control.
-    resuming_nested: Cell<bool>,
     stack_bytes: usize,
     /// Coroutine switches into a process so far (see [`RunReport::switches`]).
     switches: Cell<u64>,
@@ -213,26 +211,29 @@ impl Shared {
                 running: &self.running,
                 before: self.running.get(),
             };
-            self.resuming_nested.set(nested);
             self.switches.set(self.switches.get() + 1);
-            co.resume(())
+            co.resume(nested)
         };
         match result {
             CoroutineResult::Yield(n) => {
-                self.coroutines.borrow_mut()[p as usize] = Some(co);
+                let empty = self.coroutines.borrow_mut()[p as usize].replace(co);
+                debug_assert!(empty.is_none(), "a coroutine has one place");
+                // Nothing to drop: the place was emptied above.
+                core::mem::forget(empty);
                 n
             }
             CoroutineResult::Return(n) => n,
         }
     }
 
-    /// Sets [`Shared::running`] when the coroutine of `pid` gets control.
+    /// Sets [`Shared::running`] when the coroutine of `pid` gets control, resumed by a
+    /// process (`nested`) or the run loop.
     #[inline(always)]
-    fn resumed(&self, pid: Pid, yielder: *const ProcYielder) {
+    fn resumed(&self, pid: Pid, yielder: *const ProcYielder, nested: bool) {
         self.running.set(Some(Running {
             pid,
             yielder,
-            nested: self.resuming_nested.get(),
+            nested,
         }));
     }
 
@@ -289,8 +290,8 @@ impl Shared {
         // coroutine sets it on its own stack when it gets control, its resumer resets it
         // when it stops), so the yielder is alive and belongs to the coroutine whose stack
         // we are on, which is what `Yielder::suspend` requires.
-        unsafe { (*running.yielder).suspend(next) };
-        self.resumed(running.pid, running.yielder);
+        let nested = unsafe { (*running.yielder).suspend(next) };
+        self.resumed(running.pid, running.yielder, nested);
     }
 
     /// Passes control on after a process ended: the scheduler's next choice.
@@ -331,8 +332,8 @@ impl Shared {
             .take()
             .expect("a created process has its program");
         let shared = self.clone();
-        let co = Coroutine::with_stack(stack, move |yielder: &ProcYielder, ()| {
-            shared.resumed(pid, yielder);
+        let co = Coroutine::with_stack(stack, move |yielder: &ProcYielder, nested| {
+            shared.resumed(pid, yielder, nested);
             shared.body(pid, entry)
         });
         let mut cos = self.coroutines.borrow_mut();
@@ -469,7 +470,6 @@ impl Sim {
                 kernel: RefCell::new(Kernel::new(config.seed, mem, config.inject, config.trace)),
                 coroutines: RefCell::new(Vec::new()),
                 running: Cell::new(None),
-                resuming_nested: Cell::new(false),
                 stack_bytes: config.stack_bytes,
                 switches: Cell::new(0),
             }),
@@ -692,17 +692,18 @@ impl Ctx {
 
     /// Enters the kernel. A process that is unwinding (its destructors run after it was
     /// killed) gets no more kernel service.
+    #[inline(always)]
     fn enter(&self, call: Syscall) -> Result<RefMut<'_, Kernel>, SysError> {
         assert!(
             self.shared.running.get().is_some_and(|r| r.pid == self.pid),
             "the Ctx of process {} used outside it",
             self.pid
         );
-        let mut k = self.shared.kernel();
-        if std::thread::panicking() || !matches!(k.state(self.pid), PState::Ready) {
+        if std::thread::panicking() {
             return Err(SysError::IllegalOperation);
         }
-        if k.enter(self.pid, call) && k.is_dying(self.pid) {
+        let mut k = self.shared.kernel();
+        if k.enter(self.pid, call)? {
             drop(k);
             resume_unwind(Box::new(Killed));
         }

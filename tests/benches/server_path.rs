@@ -23,12 +23,12 @@
 //! invalidation. A separately compiled copy of that code (the driver instantiated in this
 //! benchmark) was measured 15 % faster than the server's copy in one build and slower in
 //! another, only by where the build placed its loops; with one copy the comparison no
-//! longer depends on that. The server path's fixed cost per map+unmap pair (about 0.18 µs:
-//! two calls through the simulated kernel, about 0.11 µs, then the codec and the core's
-//! bookkeeping) is what the ratio measures against a driver pair of 0.34–0.36 µs (SMMUv3)
-//! and 0.55 µs (VT-d) for 256 contiguous pages. The driver pair itself moves by those
-//! 5 % with where a build places the page-table loops, which is as much as the SMMUv3
-//! ratio's distance from the target.
+//! longer depends on that. The server path's fixed cost per map+unmap pair (about 0.17 µs:
+//! two calls through the simulated kernel, about 0.08 µs, then the codec and the core's
+//! bookkeeping) is what the ratio measures against a driver pair of 0.34–0.39 µs (SMMUv3)
+//! and 0.55 µs (VT-d) for 256 contiguous pages. Both move by up to 0.02–0.03 µs with
+//! where a build places the code (the driver's page-table loops, the server's request
+//! path), which is about the SMMUv3 ratio's distance from the target.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
