@@ -1114,20 +1114,27 @@ impl Kernel {
     }
 
     /// Registers `pid`'s own buffer for the message or reply it is about to wait for in
-    /// the system call it is in now. The registration ends with [`Kernel::take_landed`]
+    /// the system call it is in now. The registration ends with [`Kernel::take_woken`]
     /// in the same system call, or when `pid` is killed.
     #[inline(always)]
     pub fn set_landing(&mut self, pid: Pid, landing: Landing) {
         self.procs[pid as usize].landing = Some(landing);
     }
 
-    /// Ends `pid`'s registration of its buffer; returns the length of the message put
-    /// there, if one was (else the message, if any, is in its message buffer).
+    /// What `pid` takes back when its blocking system call returns: what woke it (none
+    /// if the call failed without blocking), the length of the message put in its
+    /// registered buffer if one was (else the message, if any, is in its message buffer),
+    /// and the capabilities that came with it. Ends the buffer's registration.
     #[inline(always)]
-    pub fn take_landed(&mut self, pid: Pid) -> Option<usize> {
+    pub fn take_woken(&mut self, pid: Pid) -> (Option<Inbox>, Option<usize>, Vec<CPtr>) {
         let p = &mut self.procs[pid as usize];
         p.landing = None;
-        p.landed.take()
+        let caps = if p.caps_in.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut p.caps_in)
+        };
+        (p.inbox.take(), p.landed.take(), caps)
     }
 
     /// Gives `bytes` to `to`, which waits for them: into its registered buffer if it has
@@ -1139,7 +1146,7 @@ impl Kernel {
             Some(landing) => {
                 // SAFETY: `to` registered this buffer (a `&mut [u8]` it holds) for the
                 // system call it is in now and does not touch it until it takes the
-                // registration back in that call (`take_landed`, after it runs again);
+                // registration back in that call (`take_woken`, after it runs again);
                 // a kill drops the registration first. Messages are only given to a
                 // process waiting in such a call, so the buffer is alive and unused.
                 unsafe { landing.fill(bytes) };
@@ -1154,9 +1161,16 @@ impl Kernel {
     /// no message queued before this one and no delivery delay to draw. It does exactly
     /// what [`Kernel::send`] then does (hand the message to the receiver, which owes
     /// `pid` a reply) without the general checks. Returns `false`, having changed nothing,
-    /// when the case does not apply; the caller then takes [`Kernel::send`].
+    /// when the case does not apply; the caller then takes [`Kernel::send`]. `landing`:
+    /// the caller's buffer for the reply, registered as [`Kernel::set_landing`] does.
     #[inline]
-    pub fn call_fast(&mut self, pid: Pid, slot: CPtr, bytes: &[u8]) -> bool {
+    pub fn call_fast(
+        &mut self,
+        pid: Pid,
+        slot: CPtr,
+        bytes: &[u8],
+        landing: Option<Landing>,
+    ) -> bool {
         let Some(Some(cap)) = self.procs[pid as usize].cspace.get(slot as usize) else {
             return false;
         };
@@ -1184,7 +1198,9 @@ impl Kernel {
         rp.state = PState::Ready;
         self.ready.set(r, true);
         // The caller is running, so ready (it entered the kernel).
-        self.procs[pid as usize].state = PState::Blocked(Wait::Reply(r));
+        let me = &mut self.procs[pid as usize];
+        me.state = PState::Blocked(Wait::Reply(r));
+        me.landing = landing;
         self.ready.set(pid, false);
         true
     }
@@ -1194,9 +1210,16 @@ impl Kernel {
     /// on an endpoint with no message queued, by a process whose bound notification (if
     /// any) has not been signalled, so the receiver blocks. It does exactly what
     /// [`Kernel::reply`] then [`Kernel::recv`] do in that case. Returns `false`, having
-    /// changed nothing, when the case does not apply.
+    /// changed nothing, when the case does not apply. `landing`: the receiver's buffer for
+    /// the next message, registered as [`Kernel::set_landing`] does.
     #[inline]
-    pub fn reply_recv_fast(&mut self, pid: Pid, slot: CPtr, bytes: &[u8]) -> bool {
+    pub fn reply_recv_fast(
+        &mut self,
+        pid: Pid,
+        slot: CPtr,
+        bytes: &[u8],
+        landing: Option<Landing>,
+    ) -> bool {
         let me = &self.procs[pid as usize];
         let Some(caller) = me.reply_to else {
             return false;
@@ -1222,6 +1245,7 @@ impl Kernel {
         let me = &mut self.procs[pid as usize];
         me.reply_to = None;
         me.state = PState::Blocked(Wait::Receive(ep));
+        me.landing = landing;
         self.ready.set(pid, false);
         self.eps[ep as usize].receivers.push_back(pid);
         true
@@ -1383,17 +1407,6 @@ impl Kernel {
         self.ntfns[n as usize].bound = Some(pid);
         self.procs[pid as usize].bound = Some(n);
         Ok(())
-    }
-
-    pub fn take_inbox(&mut self, pid: Pid) -> Option<(Inbox, Vec<CPtr>)> {
-        let p = &mut self.procs[pid as usize];
-        let inbox = p.inbox.take()?;
-        let caps = if p.caps_in.is_empty() {
-            Vec::new()
-        } else {
-            std::mem::take(&mut p.caps_in)
-        };
-        Some((inbox, caps))
     }
 
     // ----- frames -----
@@ -1736,10 +1749,12 @@ impl Kernel {
     pub fn schedule(&mut self) -> Next {
         // The common case, decided as the general loop below would decide it: one
         // process ready, no device with work, nobody dying, no delayed deliveries.
-        if self.busy_devices == 0
-            && self.dying == 0
-            && !self.shutting_down
-            && self.inject.delay_per_mille == 0
+        // One test of all four (no early exits: each is a load).
+        if self.busy_devices
+            | self.dying
+            | self.inject.delay_per_mille
+            | u32::from(self.shutting_down)
+            == 0
         {
             if let Some(p) = self.ready.single() {
                 return Next::Run(p);
@@ -1995,7 +2010,8 @@ mod tests {
     use super::*;
 
     /// A process as IPC leaves it: state, inbox, message buffer, whom it owes a reply.
-    type ProcIpc = (PState, Option<Inbox>, Vec<u8>, Option<Pid>);
+    /// State, inbox, message buffer, owed reply, whether a buffer is registered.
+    type ProcIpc = (PState, Option<Inbox>, Vec<u8>, Option<Pid>, bool);
 
     /// What IPC leaves behind in the kernel, compared between the fastpaths and the
     /// general path.
@@ -2015,7 +2031,15 @@ mod tests {
             procs: k
                 .procs
                 .iter()
-                .map(|p| (p.state, p.inbox, p.msg.as_slice().to_vec(), p.reply_to))
+                .map(|p| {
+                    (
+                        p.state,
+                        p.inbox,
+                        p.msg.as_slice().to_vec(),
+                        p.reply_to,
+                        p.landing.is_some(),
+                    )
+                })
                 .collect(),
             ready: (0..k.ready.len()).map(|i| k.ready.nth(i)).collect(),
             receivers: k
@@ -2049,7 +2073,7 @@ mod tests {
     fn call_fastpath_does_what_send_does() {
         let mut fast = client_and_waiting_server(Injection::default());
         let mut general = client_and_waiting_server(Injection::default());
-        assert!(fast.call_fast(0, 1, b"request"));
+        assert!(fast.call_fast(0, 1, b"request", None));
         assert_eq!(general.send(0, 1, b"request", &[], true, true), Ok(true));
         assert_eq!(ipc_state(&fast), ipc_state(&general));
         let after_call = ipc_state(&fast);
@@ -2063,7 +2087,7 @@ mod tests {
         );
         assert_eq!(after_call.procs[1].2, b"request");
 
-        assert!(fast.reply_recv_fast(1, 1, b"reply"));
+        assert!(fast.reply_recv_fast(1, 1, b"reply", None));
         general.reply(1, b"reply", &[]).unwrap();
         assert_eq!(general.recv(1, 1), Ok(false));
         assert_eq!(ipc_state(&fast), ipc_state(&general));
@@ -2083,32 +2107,44 @@ mod tests {
         let (mut fast_reply, mut general_reply) = ([0u8; 16], [0u8; 16]);
         fast.set_landing(1, Landing::of(&mut fast_req));
         general.set_landing(1, Landing::of(&mut general_req));
-        fast.set_landing(0, Landing::of(&mut fast_reply));
         general.set_landing(0, Landing::of(&mut general_reply));
 
-        assert!(fast.call_fast(0, 1, b"request"));
+        assert!(fast.call_fast(0, 1, b"request", Some(Landing::of(&mut fast_reply))));
         assert_eq!(general.send(0, 1, b"request", &[], true, true), Ok(true));
         assert_eq!(ipc_state(&fast), ipc_state(&general));
         // The request went to the server's buffer (as much as fits), not to its message
         // buffer; the length is the whole request's.
         assert!(ipc_state(&fast).procs[1].2.is_empty());
-        assert_eq!(fast.take_landed(1), Some(7));
-        assert_eq!(general.take_landed(1), Some(7));
+        assert_eq!(fast.take_woken(1).1, Some(7));
+        assert_eq!(general.take_woken(1).1, Some(7));
         assert_eq!((&fast_req, &general_req), (b"requ", b"requ"));
 
-        assert!(fast.reply_recv_fast(1, 1, b"reply"));
+        let (mut fast_next, mut general_next) = ([0u8; 8], [0u8; 8]);
+        assert!(fast.reply_recv_fast(1, 1, b"reply", Some(Landing::of(&mut fast_next))));
         general.reply(1, b"reply", &[]).unwrap();
+        general.set_landing(1, Landing::of(&mut general_next));
         assert_eq!(general.recv(1, 1), Ok(false));
         assert_eq!(ipc_state(&fast), ipc_state(&general));
-        assert_eq!(fast.take_landed(0), Some(5));
-        assert_eq!(general.take_landed(0), Some(5));
+        assert_eq!(fast.take_woken(0), (Some(Inbox::Reply), Some(5), vec![]));
+        assert_eq!(general.take_woken(0), (Some(Inbox::Reply), Some(5), vec![]));
         assert_eq!(&fast_reply[..5], b"reply");
         assert_eq!(fast_reply, general_reply);
+
+        // The receive registered the server's buffer for the next request.
+        assert!(fast.call_fast(0, 1, b"again", None));
+        assert_eq!(general.send(0, 1, b"again", &[], true, true), Ok(true));
+        assert_eq!(fast.take_woken(1).1, Some(5));
+        assert_eq!(general.take_woken(1).1, Some(5));
+        assert_eq!(
+            (&fast_next[..5], &general_next[..5]),
+            (&b"again"[..], &b"again"[..])
+        );
         // Taken back: the next message goes to the message buffer.
-        assert_eq!(fast.take_landed(0), None);
-        assert!(fast.call_fast(0, 1, b"again"));
-        assert_eq!(ipc_state(&fast).procs[1].2, b"again");
-        assert_eq!(fast.take_landed(1), None);
+        assert_eq!(fast.take_woken(0).1, None);
+        assert!(fast.reply_recv_fast(1, 1, b"reply", None));
+        assert!(fast.call_fast(0, 1, b"third", None));
+        assert_eq!(ipc_state(&fast).procs[1].2, b"third");
+        assert_eq!(fast.take_woken(1).1, None);
     }
 
     #[test]
@@ -2118,11 +2154,14 @@ mod tests {
         k.set_landing(1, Landing::of(&mut buf));
         k.kill(1, Exit::Killed { step: k.step });
         assert!(k.procs[1].landing.is_none());
-        assert_eq!(k.take_landed(1), None);
+        assert_eq!(k.take_woken(1).1, None);
     }
 
     #[test]
     fn fastpaths_decline_what_they_do_not_cover_and_change_nothing() {
+        // Each declined fastpath is given a buffer to register, and leaves it unregistered.
+        let mut buf = [0u8; 8];
+        let mut buf = || Some(Landing::of(&mut buf));
         // Delivery delays are drawn by the general path.
         let delays = Injection {
             delay_per_mille: 500,
@@ -2131,44 +2170,44 @@ mod tests {
         };
         let mut k = client_and_waiting_server(delays);
         let before = ipc_state(&k);
-        assert!(!k.call_fast(0, 1, b"x"));
+        assert!(!k.call_fast(0, 1, b"x", buf()));
         assert_eq!(ipc_state(&k), before);
         // A slot that is empty, or a capability without the right needed.
         let mut k = client_and_waiting_server(Injection::default());
         k.install_outside(0, Obj::Endpoint(0), 0x1A, Rights::READ, "read-only");
         let before = ipc_state(&k);
-        assert!(!k.call_fast(0, 7, b"x"));
-        assert!(!k.call_fast(0, 2, b"x"));
+        assert!(!k.call_fast(0, 7, b"x", buf()));
+        assert!(!k.call_fast(0, 2, b"x", buf()));
         assert_eq!(k.send(0, 2, b"x", &[], true, true), Err(SysError::NoRights));
         assert_eq!(ipc_state(&k), before);
         // No receiver waits: the call queues (general path).
         let mut k = client_and_waiting_server(Injection::default());
-        assert!(k.call_fast(0, 1, b"x"));
+        assert!(k.call_fast(0, 1, b"x", None));
         k.set_state(0, PState::Ready);
         let before = ipc_state(&k);
-        assert!(!k.call_fast(0, 1, b"y"));
+        assert!(!k.call_fast(0, 1, b"y", buf()));
         assert_eq!(ipc_state(&k), before);
         // Nothing to reply to, or the caller no longer waits for the reply.
         let mut k = client_and_waiting_server(Injection::default());
         k.set_state(1, PState::Ready);
         let before = ipc_state(&k);
-        assert!(!k.reply_recv_fast(1, 1, b"r"));
+        assert!(!k.reply_recv_fast(1, 1, b"r", buf()));
         assert_eq!(ipc_state(&k), before);
         let mut k = client_and_waiting_server(Injection::default());
-        assert!(k.call_fast(0, 1, b"x"));
+        assert!(k.call_fast(0, 1, b"x", None));
         k.kill(0, Exit::Killed { step: 0 });
         let before = ipc_state(&k);
-        assert!(!k.reply_recv_fast(1, 1, b"r"));
+        assert!(!k.reply_recv_fast(1, 1, b"r", buf()));
         assert_eq!(ipc_state(&k), before);
         // A message is already queued: the receive takes it (general path).
         let mut k = client_and_waiting_server(Injection::default());
         let third = k.new_process("third", false, Box::new(|_| {}));
         k.install_outside(third, Obj::Endpoint(0), 0x3C, Rights::WRITE, "ep");
         k.set_state(third, PState::Ready);
-        assert!(k.call_fast(0, 1, b"x"));
+        assert!(k.call_fast(0, 1, b"x", None));
         assert_eq!(k.send(third, 1, b"queued", &[], true, true), Ok(true));
         let before = ipc_state(&k);
-        assert!(!k.reply_recv_fast(1, 1, b"r"));
+        assert!(!k.reply_recv_fast(1, 1, b"r", buf()));
         assert_eq!(ipc_state(&k), before);
     }
 

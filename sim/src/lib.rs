@@ -144,6 +144,10 @@ type ProcYielder = Yielder<bool, Next>;
 /// the reply went to the caller's registered buffer, its length.
 type Answered<'a> = (RefMut<'a, Kernel>, Vec<CPtr>, Option<usize>);
 
+/// How a blocking system call's kernel entry returns: with the kernel and what woke the
+/// process (see [`Ctx::woken`]).
+type Woken<'a> = (RefMut<'a, Kernel>, (Inbox, Option<usize>, Vec<CPtr>));
+
 /// The coroutine executing now.
 #[derive(Clone, Copy)]
 struct Running {
@@ -727,9 +731,13 @@ impl Ctx {
         r
     }
 
-    fn inbox(&self, k: &mut Kernel) -> (Inbox, Vec<CPtr>) {
-        k.take_inbox(self.pid)
-            .expect("a process woken from a blocking call has its result")
+    /// What woke this process from its blocking system call, with the length of the
+    /// message in its registered buffer (if one was) and the capabilities that came.
+    #[inline(always)]
+    fn woken(&self, k: &mut Kernel) -> (Inbox, Option<usize>, Vec<CPtr>) {
+        let (inbox, landed, caps) = k.take_woken(self.pid);
+        let inbox = inbox.expect("a process woken from a blocking call has its result");
+        (inbox, landed, caps)
     }
 
     /// Copies the message buffer into `out` (as much as fits); returns the message's
@@ -764,19 +772,17 @@ impl Ctx {
         landing: Option<Landing>,
     ) -> Result<Answered<'_>, SysError> {
         let mut k = self.enter(Syscall::Call)?;
-        if let Some(l) = landing {
-            k.set_landing(self.pid, l);
-        }
-        let r = if caps.is_empty() && k.call_fast(self.pid, ep, msg) {
+        let r = if caps.is_empty() && k.call_fast(self.pid, ep, msg, landing) {
             Ok(true)
         } else {
+            if let Some(l) = landing {
+                k.set_landing(self.pid, l);
+            }
             k.send(self.pid, ep, msg, caps, true, true)
         };
-        let mut k = self.leave(k);
-        let landed = k.take_landed(self.pid);
-        r?;
-        match self.inbox(&mut k) {
-            (Inbox::Reply, caps) => Ok((k, caps, landed)),
+        let k = self.leave(k);
+        match self.woken_from(k, r)? {
+            (k, (Inbox::Reply, landed, caps)) => Ok((k, caps, landed)),
             _ => unreachable!("a caller is woken by a reply"),
         }
     }
@@ -813,17 +819,17 @@ impl Ctx {
         })
     }
 
-    /// What a receive returned with; the bytes copied into `out` (already there if
-    /// `landed` says how many went there).
+    /// What a receive returned with (`woken`, see [`Ctx::woken`]); the bytes copied into
+    /// `out` (already there if the receive says how many went there).
     #[inline(always)]
     fn received_into(
         &self,
-        mut k: RefMut<'_, Kernel>,
+        k: RefMut<'_, Kernel>,
+        woken: (Inbox, Option<usize>, Vec<CPtr>),
         out: &mut [u8],
-        landed: Option<usize>,
     ) -> ReceivedInto {
-        match self.inbox(&mut k) {
-            (Inbox::Message { badge, kind }, caps) => ReceivedInto {
+        match woken {
+            (Inbox::Message { badge, kind }, landed, caps) => ReceivedInto {
                 badge,
                 kind,
                 len: match landed {
@@ -832,19 +838,23 @@ impl Ctx {
                 },
                 caps,
             },
-            (Inbox::Signal(word), _) => ReceivedInto {
+            (Inbox::Signal(word), _, _) => ReceivedInto {
                 badge: word,
                 kind: RecvKind::Notification,
                 len: 0,
                 caps: Vec::new(),
             },
-            (Inbox::Reply, _) => unreachable!("a receiver is woken by a message"),
+            (Inbox::Reply, _, _) => unreachable!("a receiver is woken by a message"),
         }
     }
 
-    fn received(&self, k: RefMut<'_, Kernel>) -> Received {
+    fn received(
+        &self,
+        k: RefMut<'_, Kernel>,
+        woken: (Inbox, Option<usize>, Vec<CPtr>),
+    ) -> Received {
         let mut bytes = vec![0; k.procs[self.pid as usize].msg.len()];
-        let r = self.received_into(k, &mut bytes, None);
+        let r = self.received_into(k, woken, &mut bytes);
         bytes.truncate(r.len);
         Received {
             badge: r.badge,
@@ -856,32 +866,43 @@ impl Ctx {
 
     /// Waits for a message on `ep` (or a signal of the bound notification).
     pub fn recv(&self, ep: CPtr) -> Result<Received, SysError> {
-        let (k, _) = self.recv_entry(ep, None)?;
-        Ok(self.received(k))
+        let (k, woken) = self.recv_entry(ep, None)?;
+        Ok(self.received(k, woken))
     }
 
     /// [`Ctx::recv`] with the message copied into `out` (as much as fits).
     pub fn recv_into(&self, ep: CPtr, out: &mut [u8]) -> Result<ReceivedInto, SysError> {
-        let (k, landed) = self.recv_entry(ep, Some(Landing::of(out)))?;
-        Ok(self.received_into(k, out, landed))
+        let (k, woken) = self.recv_entry(ep, Some(Landing::of(out)))?;
+        Ok(self.received_into(k, woken, out))
     }
 
-    /// The kernel entry of a receive; returns once something arrived, with the length
-    /// of the message put in `landing`, if one was.
-    fn recv_entry(
-        &self,
-        ep: CPtr,
-        landing: Option<Landing>,
-    ) -> Result<(RefMut<'_, Kernel>, Option<usize>), SysError> {
+    /// The kernel entry of a receive; returns once something arrived, with what woke
+    /// this process (see [`Ctx::woken`]).
+    fn recv_entry(&self, ep: CPtr, landing: Option<Landing>) -> Result<Woken<'_>, SysError> {
         let mut k = self.enter(Syscall::Recv)?;
         if let Some(l) = landing {
             k.set_landing(self.pid, l);
         }
         let r = k.recv(self.pid, ep);
-        let mut k = self.leave(k);
-        let landed = k.take_landed(self.pid);
-        r?;
-        Ok((k, landed))
+        let k = self.leave(k);
+        self.woken_from(k, r)
+    }
+
+    /// What a blocking system call that returned `r` (and then gave control away and got
+    /// it back) returns: its error, or what woke this process.
+    #[inline(always)]
+    fn woken_from<'a, T>(
+        &self,
+        mut k: RefMut<'a, Kernel>,
+        r: Result<T, SysError>,
+    ) -> Result<Woken<'a>, SysError> {
+        if let Err(e) = r {
+            // Ends the buffer's registration; nothing arrived.
+            k.take_woken(self.pid);
+            return Err(e);
+        }
+        let woken = self.woken(&mut k);
+        Ok((k, woken))
     }
 
     /// Replies to the last call received (dropped if the caller is gone).
@@ -897,27 +918,25 @@ impl Ctx {
         msg: &[u8],
         caps: &[CPtr],
         landing: Option<Landing>,
-    ) -> Result<(RefMut<'_, Kernel>, Option<usize>), SysError> {
+    ) -> Result<Woken<'_>, SysError> {
         let mut k = self.enter(Syscall::ReplyRecv)?;
-        if let Some(l) = landing {
-            k.set_landing(self.pid, l);
-        }
-        let r = if caps.is_empty() && k.reply_recv_fast(self.pid, ep, msg) {
+        let r = if caps.is_empty() && k.reply_recv_fast(self.pid, ep, msg, landing) {
             Ok(false)
         } else {
+            if let Some(l) = landing {
+                k.set_landing(self.pid, l);
+            }
             k.reply(self.pid, msg, caps)
                 .and_then(|_| k.recv(self.pid, ep))
         };
-        let mut k = self.leave(k);
-        let landed = k.take_landed(self.pid);
-        r?;
-        Ok((k, landed))
+        let k = self.leave(k);
+        self.woken_from(k, r)
     }
 
     /// Replies, then waits for the next message, in one kernel entry.
     pub fn reply_recv(&self, ep: CPtr, msg: &[u8], caps: &[CPtr]) -> Result<Received, SysError> {
-        let (k, _) = self.reply_recv_entry(ep, msg, caps, None)?;
-        Ok(self.received(k))
+        let (k, woken) = self.reply_recv_entry(ep, msg, caps, None)?;
+        Ok(self.received(k, woken))
     }
 
     /// [`Ctx::reply_recv`] with the next message copied into `out` (as much as fits).
@@ -929,8 +948,8 @@ impl Ctx {
         caps: &[CPtr],
         out: &mut [u8],
     ) -> Result<ReceivedInto, SysError> {
-        let (k, landed) = self.reply_recv_entry(ep, msg, caps, Some(Landing::of(out)))?;
-        Ok(self.received_into(k, out, landed))
+        let (k, woken) = self.reply_recv_entry(ep, msg, caps, Some(Landing::of(out)))?;
+        Ok(self.received_into(k, woken, out))
     }
 
     pub fn signal(&self, ntfn: CPtr) -> Result<(), SysError> {
@@ -944,8 +963,8 @@ impl Ctx {
         let mut k = self.leave(k);
         match r? {
             Some(w) => Ok(w),
-            None => match self.inbox(&mut k) {
-                (Inbox::Signal(w), _) => Ok(w),
+            None => match self.woken(&mut k) {
+                (Inbox::Signal(w), _, _) => Ok(w),
                 _ => unreachable!("a waiter is woken by a signal"),
             },
         }
